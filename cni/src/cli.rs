@@ -1,0 +1,132 @@
+//! Command-line parsing for `wgmesh-cni install` and `wgmesh-cni uninstall`.
+
+use std::path::PathBuf;
+
+use crate::{
+    config::MTU_RANGE,
+    install::{self, InstallOptions, StandaloneOptions},
+};
+
+pub const USAGE: &str = "\
+wgmesh-cni: chained CNI plugin for wgmesh (run by the container runtime with CNI_COMMAND set)
+
+  wgmesh-cni install   [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--source FILE]
+                       [--mtu N] [--underlay-interface IF] [--readiness-path PATH]
+                       [--no-require-readiness]
+                       [--pod-cidr CIDR]... [--bridge NAME] [--ip-masq] [--cni-version V]
+  wgmesh-cni uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]
+
+install copies this binary to the CNI bin dir (default /opt/cni/bin) and appends wgmesh-cni to
+the primary config in the CNI conf dir (default /etc/cni/net.d). With no config there, it
+writes a standalone bridge + host-local + wgmesh-cni list for --pod-cidr. uninstall reverts.
+";
+
+/// A parsed subcommand.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Install(InstallOptions),
+    Uninstall { bin_dir: PathBuf, conf_dir: PathBuf },
+}
+
+/// Parses `args` (without the program name); errors are one line for stderr.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let (sub, rest) = args.split_first().ok_or_else(|| "missing subcommand".to_string())?;
+    let mut bin_dir = PathBuf::from(install::DEFAULT_BIN_DIR);
+    let mut conf_dir = PathBuf::from(install::DEFAULT_CONF_DIR);
+    let mut source = None;
+    let mut mtu = None;
+    let mut underlay = None;
+    let mut readiness = None;
+    let mut require_readiness = true;
+    let mut standalone = StandaloneOptions::default();
+    let installing = sub == "install";
+    if !installing && sub != "uninstall" {
+        return Err(format!("unknown subcommand {sub:?}"));
+    }
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match (flag, installing) {
+            ("--cni-bin-dir", _) => bin_dir = PathBuf::from(value()?),
+            ("--cni-conf-dir", _) => conf_dir = PathBuf::from(value()?),
+            ("--source", true) => source = Some(PathBuf::from(value()?)),
+            ("--mtu", true) => {
+                let v = value()?;
+                let n = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| MTU_RANGE.contains(n))
+                    .ok_or_else(|| format!("--mtu {v:?} is not an MTU from 68 to 65535"))?;
+                mtu = Some(n);
+            }
+            ("--underlay-interface", true) => underlay = Some(value()?),
+            ("--readiness-path", true) => readiness = Some(value()?),
+            ("--no-require-readiness", true) => require_readiness = false,
+            ("--pod-cidr", true) => standalone.pod_cidrs.push(value()?),
+            ("--bridge", true) => standalone.bridge = value()?,
+            ("--ip-masq", true) => standalone.ip_masq = true,
+            ("--cni-version", true) => standalone.cni_version = value()?,
+            _ => return Err(format!("unknown option {arg:?} for {sub}")),
+        }
+    }
+    if !installing {
+        return Ok(Command::Uninstall { bin_dir, conf_dir });
+    }
+    let source_binary = match source {
+        Some(s) => s,
+        None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
+    };
+    Ok(Command::Install(InstallOptions {
+        bin_dir,
+        conf_dir,
+        source_binary,
+        plugin: install::plugin_entry(
+            mtu,
+            underlay.as_deref(),
+            readiness.as_deref(),
+            require_readiness,
+        ),
+        standalone,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn install_flags_become_plugin_keys() {
+        let Ok(Command::Install(o)) = parse(&args(
+            "install --cni-conf-dir=/x --mtu 1380 --no-require-readiness --pod-cidr 10.1.0.0/24",
+        )) else {
+            panic!("did not parse");
+        };
+        assert_eq!(o.conf_dir, PathBuf::from("/x"));
+        assert_eq!(o.plugin["mtu"], 1380);
+        assert_eq!(o.plugin["requireReadiness"], false);
+        assert_eq!(o.plugin["type"], "wgmesh-cni");
+        assert_eq!(o.standalone.pod_cidrs, vec!["10.1.0.0/24"]);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(parse(&args("install --mtu 12")).is_err());
+        assert!(parse(&args("install --mtu")).is_err());
+        assert!(parse(&args("uninstall --mtu 1400")).is_err());
+        assert!(parse(&args("frobnicate")).is_err());
+        assert!(parse(&[]).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The fixed primitives (whitepaper §5.4): BLAKE2s, HMAC-BLAKE2s, HKDF, ChaCha20-Poly1305 and
+//! XChaCha20-Poly1305. No cipher agility: there is exactly one choice for each.
+
+use blake2::digest::consts::U16;
+use blake2::digest::{FixedOutput, KeyInit as DigestKeyInit, Mac, Update};
+use blake2::{Blake2s256, Blake2sMac, Digest};
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag, XChaCha20Poly1305, XNonce};
+use hmac::SimpleHmac;
+use zeroize::Zeroizing;
+
+pub const TAG_LEN: usize = 16;
+
+/// A 32-byte secret that is wiped when dropped.
+pub type Secret = Zeroizing<[u8; 32]>;
+
+/// HASH(parts...) = BLAKE2s-256 over the concatenation.
+pub fn hash(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    for p in parts {
+        Digest::update(&mut h, p);
+    }
+    h.finalize().into()
+}
+
+/// MAC(key, parts...) = keyed BLAKE2s with a 16-byte output (mac1, mac2 and cookies).
+pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+    // Keys here are always 16 or 32 bytes, which keyed BLAKE2s accepts.
+    let mut m = match <Blake2sMac<U16> as DigestKeyInit>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0; 16],
+    };
+    for p in parts {
+        Update::update(&mut m, p);
+    }
+    m.finalize_fixed().into()
+}
+
+/// HMAC-BLAKE2s (RFC 2104 with a 64-byte block), the building block of KDF.
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Secret {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut m = <SimpleHmac<Blake2s256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for p in parts {
+        Mac::update(&mut m, p);
+    }
+    Zeroizing::new(m.finalize().into_bytes().into())
+}
+
+/// KDF_n(key, input) from the whitepaper: HKDF with HMAC-BLAKE2s, returning n 32-byte outputs.
+pub fn kdf<const N: usize>(key: &[u8; 32], input: &[u8]) -> [Secret; N] {
+    let t0 = hmac(key, &[input]);
+    let mut out: [Secret; N] = core::array::from_fn(|_| Zeroizing::new([0u8; 32]));
+    for i in 0..N {
+        let counter = [i as u8 + 1];
+        let ti = if i == 0 { hmac(&*t0, &[&counter]) } else { hmac(&*t0, &[&*out[i - 1], &counter]) };
+        out[i] = ti;
+    }
+    out
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    n.into()
+}
+
+/// Transport and handshake AEAD: `buf` holds the plaintext followed by TAG_LEN spare bytes.
+pub fn seal_with(cipher: &ChaCha20Poly1305, counter: u64, ad: &[u8], buf: &mut [u8]) {
+    let n = buf.len() - TAG_LEN;
+    let (text, tag) = buf.split_at_mut(n);
+    // Encryption only fails for messages over 256 GiB, which a datagram cannot be.
+    if let Ok(t) = cipher.encrypt_in_place_detached(&nonce(counter), ad, text) {
+        tag.copy_from_slice(&t);
+    }
+}
+
+/// Opens ciphertext‖tag in place; on success the plaintext is `buf[..len - TAG_LEN]`.
+pub fn open_with(cipher: &ChaCha20Poly1305, counter: u64, ad: &[u8], buf: &mut [u8]) -> bool {
+    if buf.len() < TAG_LEN {
+        return false;
+    }
+    let n = buf.len() - TAG_LEN;
+    let (text, tag) = buf.split_at_mut(n);
+    let tag = Tag::clone_from_slice(tag);
+    // The crate compares the tag in constant time.
+    cipher.decrypt_in_place_detached(&nonce(counter), ad, text, &tag).is_ok()
+}
+
+pub fn cipher(key: &[u8; 32]) -> ChaCha20Poly1305 {
+    ChaCha20Poly1305::new(key.into())
+}
+
+pub fn seal(key: &[u8; 32], counter: u64, ad: &[u8], buf: &mut [u8]) {
+    seal_with(&cipher(key), counter, ad, buf)
+}
+
+pub fn open(key: &[u8; 32], counter: u64, ad: &[u8], buf: &mut [u8]) -> bool {
+    open_with(&cipher(key), counter, ad, buf)
+}
+
+/// XChaCha20-Poly1305, used only for the cookie reply.
+pub fn xseal(key: &[u8; 32], nonce: &[u8; 24], ad: &[u8], buf: &mut [u8]) {
+    let n = buf.len() - TAG_LEN;
+    let (text, tag) = buf.split_at_mut(n);
+    let c = XChaCha20Poly1305::new(key.into());
+    if let Ok(t) = c.encrypt_in_place_detached(XNonce::from_slice(nonce), ad, text) {
+        tag.copy_from_slice(&t);
+    }
+}
+
+pub fn xopen(key: &[u8; 32], nonce: &[u8; 24], ad: &[u8], buf: &mut [u8]) -> bool {
+    if buf.len() < TAG_LEN {
+        return false;
+    }
+    let n = buf.len() - TAG_LEN;
+    let (text, tag) = buf.split_at_mut(n);
+    let tag = Tag::clone_from_slice(tag);
+    let c = XChaCha20Poly1305::new(key.into());
+    c.decrypt_in_place_detached(XNonce::from_slice(nonce), ad, text, &tag).is_ok()
+}

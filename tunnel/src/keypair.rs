@@ -1,0 +1,132 @@
+//! A transport keypair (whitepaper §5.4.6) and the previous/current/next slots (§6.1).
+
+use crate::crypto::{self, TAG_LEN};
+use crate::messages::{self as msg, data};
+use crate::noise::Session;
+use crate::replay::{Replay, REJECT_AFTER_MESSAGES};
+use chacha20poly1305::ChaCha20Poly1305;
+use std::time::Duration;
+
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+
+pub struct Keypair {
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+    pub send_counter: u64,
+    /// Cleared when our private key changes or the counter runs out.
+    pub send_valid: bool,
+    pub replay: Replay,
+    pub birth: Duration,
+    pub is_initiator: bool,
+    pub local_index: u32,
+    pub remote_index: u32,
+}
+
+impl Keypair {
+    pub fn new(s: &Session, local_index: u32, now: Duration) -> Self {
+        Self {
+            send: crypto::cipher(&s.send),
+            recv: crypto::cipher(&s.recv),
+            send_counter: 0,
+            send_valid: true,
+            replay: Replay::default(),
+            birth: now,
+            is_initiator: s.is_initiator,
+            local_index,
+            remote_index: s.remote_index,
+        }
+    }
+
+    pub fn can_send(&self, now: Duration) -> bool {
+        self.send_valid && now < self.birth + REJECT_AFTER_TIME
+    }
+
+    pub fn can_receive(&self, now: Duration) -> bool {
+        now < self.birth + REJECT_AFTER_TIME && !self.replay.exhausted()
+    }
+
+    /// Seals `buf[16..16 + padded_len]` in place behind a data header; returns the datagram
+    /// length, or `None` when the counter is exhausted (the keypair is then unusable).
+    pub fn seal(&mut self, buf: &mut [u8], padded_len: usize) -> Option<usize> {
+        let counter = self.send_counter;
+        if counter >= REJECT_AFTER_MESSAGES {
+            self.send_valid = false;
+            return None;
+        }
+        self.send_counter += 1;
+        let end = msg::DATA_HEADER_LEN + padded_len + TAG_LEN;
+        msg::put_u32(buf, 0, msg::DATA);
+        msg::put_u32(buf, data::RECEIVER, self.remote_index);
+        msg::put_u64(buf, data::COUNTER, counter);
+        crypto::seal_with(&self.send, counter, &[], &mut buf[msg::DATA_HEADER_LEN..end]);
+        Some(end)
+    }
+
+    /// Opens a data message in place; the caller updates the replay window afterwards.
+    pub fn open(&self, datagram: &mut [u8], counter: u64) -> bool {
+        crypto::open_with(&self.recv, counter, &[], &mut datagram[msg::DATA_HEADER_LEN..])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Previous,
+    Current,
+    Next,
+}
+
+#[derive(Default)]
+pub struct Keypairs {
+    pub previous: Option<Box<Keypair>>,
+    pub current: Option<Box<Keypair>>,
+    pub next: Option<Box<Keypair>>,
+}
+
+impl Keypairs {
+    pub fn find(&mut self, local_index: u32) -> Option<(Slot, &mut Keypair)> {
+        let Self { previous, current, next } = self;
+        [(Slot::Current, current), (Slot::Previous, previous), (Slot::Next, next)]
+            .into_iter()
+            .find_map(|(s, k)| k.as_deref_mut().filter(|k| k.local_index == local_index).map(|k| (s, k)))
+    }
+
+    /// Installs a new keypair (kernel add_new_keypair); returns the keypairs it displaced.
+    pub fn insert(&mut self, kp: Box<Keypair>) -> [Option<Box<Keypair>>; 2] {
+        if kp.is_initiator {
+            // Confirmed by the response: usable at once. A pending next becomes previous.
+            if let Some(next) = self.next.take() {
+                let old_prev = self.previous.replace(next);
+                let old_cur = self.current.replace(kp);
+                [old_prev, old_cur]
+            } else {
+                let old_prev = std::mem::replace(&mut self.previous, self.current.take());
+                self.current = Some(kp);
+                [old_prev, None]
+            }
+        } else {
+            // Responder: unusable for sending until the initiator proves it has it.
+            [self.next.replace(kp), self.previous.take()]
+        }
+    }
+
+    /// Key confirmation: the first packet under `next` promotes it; returns the dropped one.
+    pub fn promote_next(&mut self) -> Option<Box<Keypair>> {
+        let next = self.next.take()?;
+        let old_prev = std::mem::replace(&mut self.previous, self.current.take());
+        self.current = Some(next);
+        old_prev
+    }
+
+    pub fn clear(&mut self) -> [Option<Box<Keypair>>; 3] {
+        [self.previous.take(), self.current.take(), self.next.take()]
+    }
+
+    /// After a private-key change nothing may be sent under the old keys (kernel).
+    pub fn expire_sending(&mut self) {
+        for kp in [&mut self.current, &mut self.next].into_iter().flatten() {
+            kp.send_valid = false;
+        }
+    }
+}
