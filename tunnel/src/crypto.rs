@@ -66,16 +66,25 @@ fn nonce(counter: u64) -> Nonce {
 
 /// Transport and handshake AEAD: `buf` holds the plaintext followed by TAG_LEN spare bytes.
 pub fn seal_with(cipher: &ChaCha20Poly1305, counter: u64, ad: &[u8], buf: &mut [u8]) {
-    let n = buf.len() - TAG_LEN;
-    let (text, tag) = buf.split_at_mut(n);
-    // Encryption only fails for messages over 256 GiB, which a datagram cannot be.
-    if let Ok(t) = cipher.encrypt_in_place_detached(&nonce(counter), ad, text) {
-        tag.copy_from_slice(&t);
-    }
+    seal_nonce(cipher, &nonce(counter).into(), ad, buf)
 }
 
 /// Opens ciphertext‖tag in place; on success the plaintext is `buf[..len - TAG_LEN]`.
 pub fn open_with(cipher: &ChaCha20Poly1305, counter: u64, ad: &[u8], buf: &mut [u8]) -> bool {
+    open_nonce(cipher, &nonce(counter).into(), ad, buf)
+}
+
+/// RFC 7539 AEAD with an explicit 96-bit nonce (for known-answer tests).
+pub fn seal_nonce(cipher: &ChaCha20Poly1305, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) {
+    let n = buf.len() - TAG_LEN;
+    let (text, tag) = buf.split_at_mut(n);
+    // Encryption only fails for messages over 256 GiB, which a datagram cannot be.
+    if let Ok(t) = cipher.encrypt_in_place_detached(Nonce::from_slice(nonce), ad, text) {
+        tag.copy_from_slice(&t);
+    }
+}
+
+pub fn open_nonce(cipher: &ChaCha20Poly1305, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) -> bool {
     if buf.len() < TAG_LEN {
         return false;
     }
@@ -83,7 +92,7 @@ pub fn open_with(cipher: &ChaCha20Poly1305, counter: u64, ad: &[u8], buf: &mut [
     let (text, tag) = buf.split_at_mut(n);
     let tag = Tag::clone_from_slice(tag);
     // The crate compares the tag in constant time.
-    cipher.decrypt_in_place_detached(&nonce(counter), ad, text, &tag).is_ok()
+    cipher.decrypt_in_place_detached(Nonce::from_slice(nonce), ad, text, &tag).is_ok()
 }
 
 pub fn cipher(key: &[u8; 32]) -> ChaCha20Poly1305 {

@@ -217,3 +217,20 @@ impl Net {
         (p.rx_bytes, p.tx_bytes)
     }
 }
+
+/// Observable state of a device: what any packet could change.
+pub fn fingerprint(d: &Dev) -> String {
+    let mut s = format!("idx={} ", d.live_indices());
+    for id in d.peer_ids() {
+        let p = d.peer(id).unwrap();
+        let kp = |k: &Option<Box<wgmesh_tunnel::keypair::Keypair>>| k.as_ref().map(|k| (k.local_index, k.send_counter));
+        s += &format!(
+            "[{:?} {:?} {:?} rx={} tx={} hs={:?} {:?} {:?} {:?} staged={} t={:?}]",
+            p.public_key, p.endpoint, p.last_handshake, p.rx_bytes, p.tx_bytes, p.handshake.state,
+            kp(&p.keypairs.previous), kp(&p.keypairs.current), kp(&p.keypairs.next), p.staged.len(),
+            wgmesh_tunnel::timers::ALL.map(|t| p.timers.deadline(t)),
+        );
+    }
+    s
+}
+
