@@ -30,7 +30,9 @@ pub enum Command {
 
 /// Parses `args` (without the program name); errors are one line for stderr.
 pub fn parse(args: &[String]) -> Result<Command, String> {
-    let (sub, rest) = args.split_first().ok_or_else(|| "missing subcommand".to_string())?;
+    let (sub, rest) = args
+        .split_first()
+        .ok_or_else(|| "missing subcommand".to_string())?;
     let mut bin_dir = PathBuf::from(install::DEFAULT_BIN_DIR);
     let mut conf_dir = PathBuf::from(install::DEFAULT_CONF_DIR);
     let mut source = None;

@@ -45,8 +45,20 @@ pub struct PluginConfig {
 
 /// Decodes stdin for `cmd`; never panics, whatever the bytes (see the proptest below).
 pub fn parse(stdin: &[u8], cmd: Cmd) -> Result<PluginConfig, CniError> {
-    let net: NetConf = serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
+    let (net, version) = decode(stdin, cmd)?;
+    from_net(net, version)
+}
+
+/// First step: the standard part and a version both sides speak.
+pub fn decode(stdin: &[u8], cmd: Cmd) -> Result<(NetConf, SpecVersion), CniError> {
+    let net: NetConf =
+        serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
     let version = negotiate(&net, cmd)?;
+    Ok((net, version))
+}
+
+/// Second step: the network name and our own keys.
+pub fn from_net(net: NetConf, version: SpecVersion) -> Result<PluginConfig, CniError> {
     net.validate_name().map_err(CniError::from)?;
     let custom = &net.custom;
     let mtu = match custom.get(KEY_MTU) {
@@ -183,15 +195,54 @@ mod tests {
     fn versions_are_negotiated() {
         let code = |doc: &str, cmd| parse(doc.as_bytes(), cmd).err().map(|e| e.code());
         assert_eq!(code(r#"{"name":"n","type":"t"}"#, Cmd::Add), Some(1));
-        assert_eq!(code(r#"{"cniVersion":"0.2.0","name":"n","type":"t"}"#, Cmd::Add), Some(1));
-        assert_eq!(code(r#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#, Cmd::Add), None);
-        assert_eq!(code(r#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#, Cmd::Check), Some(1));
-        assert_eq!(code(r#"{"cniVersion":"2.0.0","name":"n","type":"t"}"#, Cmd::Add), Some(1));
-        assert_eq!(code(r#"{"cniVersion":"x.y","name":"n","type":"t"}"#, Cmd::Add), Some(6));
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#, Cmd::Status), Some(1));
-        assert_eq!(code(r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#, Cmd::Status), None);
-        assert_eq!(code(r#"{"cniVersion":"0.4.0","name":"n","type":"t"}"#, Cmd::Check), None);
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","type":"t"}"#, Cmd::Add), Some(7));
+        assert_eq!(
+            code(r#"{"cniVersion":"0.2.0","name":"n","type":"t"}"#, Cmd::Add),
+            Some(1)
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#, Cmd::Add),
+            None
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#,
+                Cmd::Check
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"2.0.0","name":"n","type":"t"}"#, Cmd::Add),
+            Some(1)
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"x.y","name":"n","type":"t"}"#, Cmd::Add),
+            Some(6)
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#,
+                Cmd::Status
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#,
+                Cmd::Status
+            ),
+            None
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"0.4.0","name":"n","type":"t"}"#,
+                Cmd::Check
+            ),
+            None
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","type":"t"}"#, Cmd::Add),
+            Some(7)
+        );
         assert_eq!(code("{not json", Cmd::Add), Some(6));
         assert_eq!(code("", Cmd::Add), Some(6));
     }

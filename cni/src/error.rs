@@ -100,8 +100,7 @@ mod tests {
     #[test]
     fn error_json_carries_code_and_human_message() {
         let e = CniError::TryAgainLater("agent not ready".into());
-        let json = serde_json::to_value(e.to_result(SpecVersion::new(1, 0, 0)))
-            .unwrap_or_default();
+        let json = serde_json::to_value(e.to_result(SpecVersion::new(1, 0, 0))).unwrap_or_default();
         assert_eq!(json["code"], 11);
         assert_eq!(json["msg"], "agent not ready");
         assert_eq!(json["cniVersion"], "1.0.0");

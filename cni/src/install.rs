@@ -125,7 +125,9 @@ pub fn plugin_entry(
     readiness_path: Option<&str>,
     require_readiness: bool,
 ) -> Map<String, Value> {
-    use crate::config::{KEY_MTU, KEY_READINESS_PATH, KEY_REQUIRE_READINESS, KEY_UNDERLAY_INTERFACE};
+    use crate::config::{
+        KEY_MTU, KEY_READINESS_PATH, KEY_REQUIRE_READINESS, KEY_UNDERLAY_INTERFACE,
+    };
     let mut m = Map::new();
     m.insert("type".into(), PLUGIN_TYPE.into());
     if let Some(mtu) = mtu {
@@ -159,7 +161,10 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
         if !still_ours {
             // The node's CNI config moved under us (new primary, owner rewrote its file):
             // undo the old change first so exactly one config carries our entry.
-            report.say(format!("primary CNI config changed; reverting {}", s.written));
+            report.say(format!(
+                "primary CNI config changed; reverting {}",
+                s.written
+            ));
             revert(conf_dir, s, &mut report)?;
             clear_backup(conf_dir)?;
             state = None;
@@ -206,7 +211,8 @@ pub fn uninstall(bin_dir: &Path, conf_dir: &Path) -> Result<Report, InstallError
 }
 
 fn copy_binary(opts: &InstallOptions, report: &mut Report) -> Result<(), InstallError> {
-    let bytes = fs::read(&opts.source_binary).map_err(|e| io_err("read", &opts.source_binary, e))?;
+    let bytes =
+        fs::read(&opts.source_binary).map_err(|e| io_err("read", &opts.source_binary, e))?;
     let target = opts.bin_dir.join(BINARY_NAME);
     fs::create_dir_all(&opts.bin_dir).map_err(|e| io_err("create", &opts.bin_dir, e))?;
     if atomic::write_if_changed(&target, &bytes, 0o755).map_err(|e| io_err("write", &target, e))? {
@@ -273,7 +279,8 @@ fn convert(opts: &InstallOptions, p: &Primary, report: &mut Report) -> Result<()
         },
     )?;
     let desired = with_ours(&conf_to_list(&p.value), &opts.plugin);
-    atomic::write(&list_path, &pretty(&desired), 0o644).map_err(|e| io_err("write", &list_path, e))?;
+    atomic::write(&list_path, &pretty(&desired), 0o644)
+        .map_err(|e| io_err("write", &list_path, e))?;
     let conf_path = opts.conf_dir.join(&p.name);
     fs::remove_file(&conf_path).map_err(|e| io_err("remove", &conf_path, e))?;
     report.say(format!(
@@ -307,7 +314,9 @@ fn standalone(opts: &InstallOptions, report: &mut Report) -> Result<(), InstallE
     SpecVersion::from_str(&s.cni_version)
         .ok()
         .filter(|v| SUPPORTED_VERSIONS.contains(v))
-        .ok_or_else(|| InstallError::Refused(format!("unsupported --cni-version {}", s.cni_version)))?;
+        .ok_or_else(|| {
+            InstallError::Refused(format!("unsupported --cni-version {}", s.cni_version))
+        })?;
     let list = json!({
         "cniVersion": s.cni_version,
         "name": "wgmesh",
@@ -333,8 +342,13 @@ fn standalone(opts: &InstallOptions, report: &mut Report) -> Result<(), InstallE
             written: STANDALONE_FILE.to_string(),
         },
     )?;
-    if atomic::write_if_changed(&path, &pretty(&list), 0o644).map_err(|e| io_err("write", &path, e))? {
-        report.say(format!("no primary CNI config found; wrote {}", path.display()));
+    if atomic::write_if_changed(&path, &pretty(&list), 0o644)
+        .map_err(|e| io_err("write", &path, e))?
+    {
+        report.say(format!(
+            "no primary CNI config found; wrote {}",
+            path.display()
+        ));
     } else {
         report.say(format!("{} is up to date", path.display()));
     }
@@ -359,7 +373,8 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
             let backup = read_json(&conf_dir.join(BACKUP_DIR).join(&state.written))?;
             match backup {
                 Some((bytes, original)) if original == stripped => {
-                    atomic::write(&written, &bytes, 0o644).map_err(|e| io_err("write", &written, e))?;
+                    atomic::write(&written, &bytes, 0o644)
+                        .map_err(|e| io_err("write", &written, e))?;
                     report.say(format!("restored the original {}", written.display()));
                 }
                 _ if had_ours => {
@@ -383,7 +398,8 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
                 report.say(format!("removed {}", written.display()));
                 return Ok(false);
             }
-            let Some((bytes, original)) = read_json(&conf_dir.join(BACKUP_DIR).join(conf_name))? else {
+            let Some((bytes, original)) = read_json(&conf_dir.join(BACKUP_DIR).join(conf_name))?
+            else {
                 return Ok(false);
             };
             let current = read_json(&written)?;
@@ -391,7 +407,8 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
                 .as_ref()
                 .is_none_or(|(_, v)| strip(v).0 == conf_to_list(&original));
             if unchanged {
-                atomic::write(&conf_path, &bytes, 0o644).map_err(|e| io_err("write", &conf_path, e))?;
+                atomic::write(&conf_path, &bytes, 0o644)
+                    .map_err(|e| io_err("write", &conf_path, e))?;
                 remove_if_exists(&written)?;
                 report.say(format!(
                     "restored {} and removed {}",
@@ -403,7 +420,10 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
             if let Some((_, v)) = current {
                 atomic::write(&written, &pretty(&strip(&v).0), 0o644)
                     .map_err(|e| io_err("write", &written, e))?;
-                report.say(format!("removed wgmesh-cni from the edited {}", written.display()));
+                report.say(format!(
+                    "removed wgmesh-cni from the edited {}",
+                    written.display()
+                ));
             }
             Ok(true)
         }
@@ -421,7 +441,8 @@ fn strip_without_state(conf_dir: &Path, report: &mut Report) -> Result<(), Insta
         let (stripped, had_ours) = strip(&p.value);
         if had_ours {
             let path = conf_dir.join(&p.name);
-            atomic::write(&path, &pretty(&stripped), 0o644).map_err(|e| io_err("write", &path, e))?;
+            atomic::write(&path, &pretty(&stripped), 0o644)
+                .map_err(|e| io_err("write", &path, e))?;
             report.say(format!("removed wgmesh-cni from {}", path.display()));
         }
     }
@@ -483,7 +504,11 @@ fn find_primary(conf_dir: &Path) -> Result<Option<Primary>, InstallError> {
 
 /// Refuses to chain into a config whose cniVersion the plugin would reject on every pod.
 fn check_version(p: &Primary) -> Result<(), InstallError> {
-    let declared = p.value.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    let declared = p
+        .value
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let ok = SpecVersion::from_str(declared)
         .ok()
         .is_some_and(|v| SUPPORTED_VERSIONS.contains(&v));
@@ -549,7 +574,10 @@ fn load_state(conf_dir: &Path) -> Result<Option<State>, InstallError> {
     let path = conf_dir.join(BACKUP_DIR).join(STATE_FILE);
     match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            InstallError::Refused(format!("{} is damaged ({e}); remove it and retry", path.display()))
+            InstallError::Refused(format!(
+                "{} is damaged ({e}); remove it and retry",
+                path.display()
+            ))
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("read", &path, e)),

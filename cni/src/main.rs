@@ -53,9 +53,11 @@ fn main() -> ExitCode {
 fn read_stdin(inv: &Invocation) -> Result<Vec<u8>, CniError> {
     let mut buf = Vec::new();
     if inv.command.is_some() {
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .map_err(|e| CniError::Io(format!("cannot read the network configuration from stdin: {e}")))?;
+        std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+            CniError::Io(format!(
+                "cannot read the network configuration from stdin: {e}"
+            ))
+        })?;
     }
     Ok(buf)
 }

@@ -27,8 +27,9 @@ pub fn mesh_mtu(config: &PluginConfig, host: &LinkSocket) -> Result<MeshMtu, Cni
     }
     let candidates = match &config.underlay_interface {
         Some(name) => vec![name.clone()],
-        None => underlay::default_route_interfaces()
-            .map_err(|e| CniError::UnderlayUnknown(format!("cannot read the routing table: {e}")))?,
+        None => underlay::default_route_interfaces().map_err(|e| {
+            CniError::UnderlayUnknown(format!("cannot read the routing table: {e}"))
+        })?,
     };
     if candidates.is_empty() {
         return Err(CniError::UnderlayUnknown(
@@ -50,7 +51,9 @@ pub fn mesh_mtu(config: &PluginConfig, host: &LinkSocket) -> Result<MeshMtu, Cni
         }
     }
     let Some((underlay, name)) = smallest else {
-        return Err(CniError::UnderlayUnknown("no underlay interface".to_string()));
+        return Err(CniError::UnderlayUnknown(
+            "no underlay interface".to_string(),
+        ));
     };
     let value = underlay.saturating_sub(MESH_MTU_OVERHEAD);
     if !MTU_RANGE.contains(&value) {

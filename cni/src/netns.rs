@@ -6,6 +6,7 @@
 use std::{
     fs::File,
     io::ErrorKind,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -24,6 +25,9 @@ impl Netns {
     pub fn open(path: &Path) -> Result<Self, CniError> {
         let shown = path.display();
         match File::open(path) {
+            Ok(file) if is_own_netns(&file) => Err(CniError::InvalidEnv(format!(
+                "CNI_NETNS {shown} is the host's own network namespace, not a pod's"
+            ))),
             Ok(file) => Ok(Self {
                 file,
                 path: path.to_path_buf(),
@@ -66,5 +70,14 @@ impl Netns {
                 )))
             })
         })
+    }
+}
+
+/// True when `file` is the netns this process runs in: changing "pod" interfaces there would
+/// change the node's own.
+fn is_own_netns(file: &File) -> bool {
+    match (file.metadata(), std::fs::metadata("/proc/self/ns/net")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }

@@ -35,17 +35,22 @@ pub fn add(req: &Request) -> Result<String, CniError> {
         let pod = LinkSocket::new().map_err(|e| link_error("open a socket in the pod", &e))?;
         // Look before touching anything, so a bad prevResult changes nothing.
         for name in &targets.pod {
-            pod.mtu(name).map_err(|e| missing_in_pod(name, &netns, &e))?;
+            pod.mtu(name)
+                .map_err(|e| missing_in_pod(name, &netns, &e))?;
         }
         for name in &targets.pod {
-            pod.set_mtu(name, mesh.value)
-                .map_err(|e| link_error(&format!("set MTU {} on {name} in the pod", mesh.value), &e))?;
+            pod.set_mtu(name, mesh.value).map_err(|e| {
+                link_error(&format!("set MTU {} on {name} in the pod", mesh.value), &e)
+            })?;
         }
         Ok(())
     })?;
     for name in &host_veths {
         host.set_mtu(name, mesh.value).map_err(|e| {
-            link_error(&format!("set MTU {} on the host-side veth {name}", mesh.value), &e)
+            link_error(
+                &format!("set MTU {} on the host-side veth {name}", mesh.value),
+                &e,
+            )
         })?;
     }
     let mut changed = targets.pod.clone();
@@ -70,8 +75,14 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     netns.run(|| {
         let pod = LinkSocket::new().map_err(|e| link_error("open a socket in the pod", &e))?;
         for name in &targets.pod {
-            let mtu = pod.mtu(name).map_err(|e| missing_in_pod(name, &netns, &e))?;
-            expect_mtu(mtu, &mesh, &format!("{name} in the pod's netns {}", netns.path().display()))?;
+            let mtu = pod
+                .mtu(name)
+                .map_err(|e| missing_in_pod(name, &netns, &e))?;
+            expect_mtu(
+                mtu,
+                &mesh,
+                &format!("{name} in the pod's netns {}", netns.path().display()),
+            )?;
         }
         Ok(())
     })?;

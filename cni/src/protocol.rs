@@ -68,8 +68,9 @@ fn dispatch(inv: &Invocation, stdin: &[u8], version: &mut SpecVersion) -> Result
         return serde_json::to_string(&info).map_err(|e| CniError::Io(e.to_string()));
     }
     let ifname = check_env(inv, cmd)?;
-    let config = config::parse(stdin, cmd)?;
-    *version = config.version;
+    let (net, declared) = config::decode(stdin, cmd)?;
+    *version = declared;
+    let config = config::from_net(net, declared)?;
     match cmd {
         Cmd::Status => plugin::status(&config).map(|()| String::new()),
         Cmd::Gc => plugin::gc(&config).map(|()| String::new()),
@@ -179,7 +180,13 @@ mod tests {
         let mut del = inv("DEL");
         assert_eq!(run(&del, conf).exit_code, 0);
         del.netns = None;
-        assert_eq!(run(&del, conf), Outcome { stdout: String::new(), exit_code: 0 });
+        assert_eq!(
+            run(&del, conf),
+            Outcome {
+                stdout: String::new(),
+                exit_code: 0
+            }
+        );
     }
 
     #[test]
@@ -187,7 +194,19 @@ mod tests {
         let conf = br#"{"cniVersion":"0.4.0","name":"n","type":"wgmesh-cni"}"#;
         let out = run(&inv("ADD"), conf);
         assert_eq!(code(&out), 7);
-        assert!(out.stdout.contains(r#""cniVersion":"0.4.0""#), "{}", out.stdout);
+        assert!(
+            out.stdout.contains(r#""cniVersion":"0.4.0""#),
+            "{}",
+            out.stdout
+        );
+        let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"wgmesh-cni","mtu":1}"#;
+        let out = run(&inv("ADD"), conf);
+        assert_eq!(code(&out), 7);
+        assert!(
+            out.stdout.contains(r#""cniVersion":"1.0.0""#),
+            "{}",
+            out.stdout
+        );
     }
 
     proptest! {

@@ -72,7 +72,8 @@ fn push_unique(names: &mut Vec<String>, iface: &str) {
 mod tests {
     use super::*;
 
-    const V4: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+    const V4: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
         eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
         eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
         bond1\t00000000\t010A0A0A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";

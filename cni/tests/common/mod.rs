@@ -64,7 +64,9 @@ impl Reply {
         let v = self.json();
         let msg = v["msg"].as_str().unwrap_or("");
         assert!(msg.len() > 10, "error without a readable msg: {v}");
-        v["code"].as_i64().unwrap_or_else(|| panic!("error without code: {v}"))
+        v["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("error without code: {v}"))
     }
 
     pub fn msg(&self) -> String {
@@ -120,9 +122,9 @@ impl Sandbox {
         ip(&["netns", "add", &s.node]);
         ip(&["netns", "add", &s.pod]);
         ip(&["-n", &s.node, "link", "set", "lo", "up"]);
-        ip(&["-n", &s.node, "link", "add", "ul0", "mtu", &underlay_mtu.to_string(), "type", "dummy"]);
+        // A veth pair stands in for the NIC: the dummy module is not available everywhere.
+        add_underlay(&s.node, "ul0", underlay_mtu);
         ip(&["-n", &s.node, "link", "set", "ul0", "up"]);
-        ip(&["-n", &s.node, "addr", "add", "192.168.250.2/24", "dev", "ul0"]);
         s
     }
 
@@ -199,7 +201,11 @@ impl Sandbox {
                 "CNI_PATH",
                 format!(
                     "{}:{REFERENCE_PLUGINS}",
-                    Path::new(WGMESH).parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+                    Path::new(WGMESH)
+                        .parent()
+                        .map(Path::display)
+                        .map(|d| d.to_string())
+                        .unwrap_or_default()
                 ),
             );
         if let Some(ns) = &call.netns {
@@ -223,7 +229,9 @@ impl Sandbox {
         let ours = self.invoke(
             WGMESH,
             &self.call("ADD"),
-            self.wgmesh_conf(version, Some(&bridge), extra).to_string().as_bytes(),
+            self.wgmesh_conf(version, Some(&bridge), extra)
+                .to_string()
+                .as_bytes(),
         );
         (bridge, ours)
     }
@@ -234,7 +242,11 @@ impl Sandbox {
             &self.call("ADD"),
             self.bridge_conf(version).to_string().as_bytes(),
         );
-        assert!(reply.ok, "bridge ADD failed: {} {}", reply.stdout, reply.stderr);
+        assert!(
+            reply.ok,
+            "bridge ADD failed: {} {}",
+            reply.stdout, reply.stderr
+        );
         reply.json()
     }
 
@@ -243,7 +255,9 @@ impl Sandbox {
         let ours = self.invoke(
             WGMESH,
             call,
-            self.wgmesh_conf(version, Some(result), json!({})).to_string().as_bytes(),
+            self.wgmesh_conf(version, Some(result), json!({}))
+                .to_string()
+                .as_bytes(),
         );
         let mut bridge_conf = self.bridge_conf(version);
         if let Some(o) = bridge_conf.as_object_mut() {
@@ -255,6 +269,49 @@ impl Sandbox {
             bridge_conf.to_string().as_bytes(),
         );
         (ours, bridge)
+    }
+
+    /// Runs a whole conflist the way libcni does: ADD in order, each plugin getting the
+    /// previous result; CHECK in order and DEL in reverse, each getting the final result.
+    pub fn run_conflist(
+        &self,
+        list: &Value,
+        command: &'static str,
+        cached: Option<&Value>,
+    ) -> Reply {
+        let plugins: Vec<Value> = list["plugins"].as_array().cloned().unwrap_or_default();
+        let ordered: Vec<Value> = if command == "DEL" {
+            plugins.into_iter().rev().collect()
+        } else {
+            plugins
+        };
+        let mut prev = cached.cloned();
+        let mut last = Reply {
+            stdout: String::new(),
+            stderr: String::new(),
+            ok: true,
+        };
+        for mut plugin in ordered {
+            let kind = plugin["type"].as_str().unwrap_or_default().to_string();
+            plugin["cniVersion"] = list["cniVersion"].clone();
+            plugin["name"] = list["name"].clone();
+            if let Some(p) = &prev {
+                plugin["prevResult"] = p.clone();
+            }
+            let binary = if kind == "wgmesh-cni" {
+                WGMESH.to_string()
+            } else {
+                format!("{REFERENCE_PLUGINS}/{kind}")
+            };
+            last = self.invoke(&binary, &self.call(command), plugin.to_string().as_bytes());
+            if !last.ok {
+                return last;
+            }
+            if command == "ADD" {
+                prev = Some(last.json());
+            }
+        }
+        last
     }
 
     pub fn pod_mtu(&self, ifname: &str) -> u32 {
@@ -289,6 +346,16 @@ impl Drop for Sandbox {
                 .status();
         }
     }
+}
+
+/// An "uplink" `name` with `mtu` in `netns` (a veth whose peer stays in the same netns).
+pub fn add_underlay(netns: &str, name: &str, mtu: u32) {
+    let mtu = mtu.to_string();
+    let peer = format!("{name}p");
+    ip(&[
+        "-n", netns, "link", "add", name, "mtu", &mtu, "type", "veth", "peer", "name", &peer,
+        "mtu", &mtu,
+    ]);
 }
 
 pub fn netns_path(name: &str) -> String {
@@ -332,7 +399,9 @@ pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Reply {
     if let Some(mut input) = child.stdin.take() {
         let _ = input.write_all(stdin);
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait: {e}"));
     Reply {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

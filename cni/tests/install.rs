@@ -1,0 +1,350 @@
+//! `wgmesh-cni install` / `uninstall` on temporary CNI bin and conf dirs, run as the
+//! DaemonSet's init container runs them.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::{json, Value};
+
+const WGMESH: &str = env!("CARGO_BIN_EXE_wgmesh-cni");
+
+/// Calico's stock list, deliberately oddly formatted so "byte-exact" means something.
+const CALICO: &str = "{\n  \"name\": \"k8s-pod-network\",\n  \"cniVersion\": \"0.3.1\",\n  \"plugins\": [\n    {\"type\": \"calico\", \"log_level\": \"info\", \"ipam\": {\"type\": \"calico-ipam\"}},\n    {\"type\": \"portmap\", \"snat\": true, \"capabilities\": {\"portMappings\": true}}\n  ]\n}\n";
+const FLANNEL_CONF: &str = "{\"name\":\"cbr0\",\"cniVersion\":\"0.4.0\",\"type\":\"flannel\",\"delegate\":{\"hairpinMode\":true,\"isDefaultGateway\":true}}";
+const OTHER: &str =
+    "{\"cniVersion\":\"1.0.0\",\"name\":\"other\",\"plugins\":[{\"type\":\"ptp\"}]}";
+
+struct Node {
+    _root: tempfile::TempDir,
+    bin: PathBuf,
+    conf: PathBuf,
+}
+
+impl Node {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let bin = root.path().join("opt/cni/bin");
+        let conf = root.path().join("etc/cni/net.d");
+        fs::create_dir_all(&conf).unwrap_or_else(|e| panic!("{e}"));
+        for (name, body) in files {
+            fs::write(conf.join(name), body).unwrap_or_else(|e| panic!("{e}"));
+        }
+        Self {
+            _root: root,
+            bin,
+            conf,
+        }
+    }
+
+    fn run(&self, sub: &str, extra: &[&str]) -> (bool, String) {
+        let out = Command::new(WGMESH)
+            .arg(sub)
+            .arg(format!("--cni-bin-dir={}", self.bin.display()))
+            .arg(format!("--cni-conf-dir={}", self.conf.display()))
+            .args(extra)
+            .env_remove("CNI_COMMAND")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn install(&self, extra: &[&str]) -> String {
+        let (ok, text) = self.run("install", extra);
+        assert!(ok, "install failed: {text}");
+        text
+    }
+
+    fn uninstall(&self) -> String {
+        let (ok, text) = self.run("uninstall", &[]);
+        assert!(ok, "uninstall failed: {text}");
+        text
+    }
+
+    /// Every visible config file and its bytes (the backup dir is ours, not the runtime's).
+    fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        for e in fs::read_dir(&self.conf).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_file() {
+                m.insert(name, fs::read(e.path()).unwrap_or_default());
+            }
+        }
+        m
+    }
+
+    fn json(&self, name: &str) -> Value {
+        let bytes = fs::read(self.conf.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn backup_dir(&self) -> PathBuf {
+        self.conf.join(".wgmesh-backup")
+    }
+}
+
+fn plugin_types(list: &Value) -> Vec<String> {
+    list["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["type"].as_str().map(String::from))
+        .collect()
+}
+
+fn assert_binary_installed(node: &Node) {
+    use std::os::unix::fs::PermissionsExt;
+    let target = node.bin.join("wgmesh-cni");
+    let meta = fs::metadata(&target).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    assert_eq!(fs::read(&target).ok(), fs::read(WGMESH).ok());
+}
+
+fn no_temp_files(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(!name.contains("wgmesh-tmp"), "temp file left: {name}");
+    }
+}
+
+#[test]
+fn chains_into_the_first_conflist_keeps_its_version_and_uninstall_restores_the_bytes() {
+    let node = Node::new(&[
+        ("05-broken.conflist", "{ not json"),
+        ("10-calico.conflist", CALICO),
+        ("20-other.conflist", OTHER),
+        ("README", "not a config"),
+    ]);
+    let before = node.files();
+    node.install(&[]);
+    assert_binary_installed(&node);
+    let list = node.json("10-calico.conflist");
+    assert_eq!(plugin_types(&list), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(list["cniVersion"], "0.3.1", "primary's cniVersion kept");
+    assert_eq!(list["name"], "k8s-pod-network");
+    let after = node.files();
+    for other in ["05-broken.conflist", "20-other.conflist", "README"] {
+        assert_eq!(after[other], before[other], "{other} touched");
+    }
+    no_temp_files(&node.conf);
+
+    node.uninstall();
+    assert_eq!(node.files(), before, "uninstall restores every byte");
+    assert!(!node.bin.join("wgmesh-cni").exists());
+    assert!(!node.backup_dir().exists());
+}
+
+#[test]
+fn running_install_again_changes_nothing() {
+    for files in [
+        vec![("10-calico.conflist", CALICO)],
+        vec![("10-flannel.conf", FLANNEL_CONF)],
+        vec![],
+    ] {
+        let node = Node::new(&files);
+        node.install(&["--pod-cidr", "10.244.1.0/24", "--mtu", "1380"]);
+        let first = node.files();
+        let backup: Vec<_> = fs::read_dir(node.backup_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| (e.file_name(), fs::read(e.path()).unwrap_or_default()))
+            .collect();
+        let text = node.install(&["--pod-cidr", "10.244.1.0/24", "--mtu", "1380"]);
+        assert_eq!(
+            node.files(),
+            first,
+            "{files:?}: second run changed files: {text}"
+        );
+        let backup_again: Vec<_> = fs::read_dir(node.backup_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| (e.file_name(), fs::read(e.path()).unwrap_or_default()))
+            .collect();
+        assert_eq!(backup, backup_again, "{files:?}: backup changed");
+        let list_name = first.keys().next().cloned().unwrap_or_default();
+        let entries = plugin_types(&node.json(&list_name));
+        assert_eq!(
+            entries.iter().filter(|t| *t == "wgmesh-cni").count(),
+            1,
+            "{files:?}: exactly one entry"
+        );
+    }
+}
+
+#[test]
+fn converts_a_single_plugin_conf_into_a_list_and_back() {
+    let node = Node::new(&[
+        ("10-flannel.conf", FLANNEL_CONF),
+        ("20-other.conflist", OTHER),
+    ]);
+    let before = node.files();
+    node.install(&[]);
+    let files = node.files();
+    assert!(
+        !files.contains_key("10-flannel.conf"),
+        "the .conf must not shadow the list"
+    );
+    let list = node.json("10-flannel.conflist");
+    assert_eq!(list["cniVersion"], "0.4.0");
+    assert_eq!(list["name"], "cbr0");
+    assert_eq!(plugin_types(&list), ["flannel", "wgmesh-cni"]);
+    assert_eq!(list["plugins"][0]["delegate"]["hairpinMode"], true);
+    // The list sorts where the .conf did: still the primary.
+    assert_eq!(
+        files.keys().next().map(String::as_str),
+        Some("10-flannel.conflist")
+    );
+
+    node.uninstall();
+    assert_eq!(node.files(), before);
+    assert!(!node.backup_dir().exists());
+}
+
+#[test]
+fn writes_a_standalone_bridge_list_when_there_is_no_primary() {
+    let node = Node::new(&[("README", "x")]);
+    let (ok, text) = node.run("install", &[]);
+    assert!(!ok, "no primary and no --pod-cidr must fail");
+    assert!(text.contains("--pod-cidr"), "{text}");
+    assert_eq!(node.files().len(), 1, "nothing written on failure");
+
+    node.install(&[
+        "--pod-cidr",
+        "10.244.7.0/24",
+        "--readiness-path",
+        "/run/wgmesh/ready.sock",
+    ]);
+    let list = node.json("99-wgmesh.conflist");
+    assert_eq!(plugin_types(&list), ["bridge", "wgmesh-cni"]);
+    assert_eq!(list["plugins"][0]["ipam"]["type"], "host-local");
+    assert_eq!(
+        list["plugins"][0]["ipam"]["ranges"],
+        json!([[{ "subnet": "10.244.7.0/24" }]])
+    );
+    assert_eq!(
+        list["plugins"][1]["readinessPath"],
+        "/run/wgmesh/ready.sock"
+    );
+    assert_eq!(list["cniVersion"], "1.0.0");
+
+    node.uninstall();
+    assert_eq!(node.files().keys().collect::<Vec<_>>(), ["README"]);
+}
+
+#[test]
+fn follows_the_primary_when_its_owner_rewrites_it_or_a_new_one_appears() {
+    // Standalone first, then a real CNI arrives: we move over to it.
+    let node = Node::new(&[]);
+    node.install(&["--pod-cidr", "10.244.8.0/24"]);
+    assert!(node.files().contains_key("99-wgmesh.conflist"));
+    fs::write(node.conf.join("10-calico.conflist"), CALICO).unwrap_or_else(|e| panic!("{e}"));
+    node.install(&["--pod-cidr", "10.244.8.0/24"]);
+    let files = node.files();
+    assert!(
+        !files.contains_key("99-wgmesh.conflist"),
+        "standalone removed"
+    );
+    assert_eq!(
+        plugin_types(&node.json("10-calico.conflist")),
+        ["calico", "portmap", "wgmesh-cni"]
+    );
+
+    // Calico's installer rewrites its file (dropping our entry); install chains again and
+    // uninstall restores Calico's new bytes, not the old ones.
+    let rewritten = CALICO.replace("\"info\"", "\"debug\"");
+    fs::write(node.conf.join("10-calico.conflist"), &rewritten).unwrap_or_else(|e| panic!("{e}"));
+    node.install(&[]);
+    assert_eq!(
+        plugin_types(&node.json("10-calico.conflist")),
+        ["calico", "portmap", "wgmesh-cni"]
+    );
+    node.uninstall();
+    assert_eq!(
+        fs::read_to_string(node.conf.join("10-calico.conflist")).ok(),
+        Some(rewritten)
+    );
+}
+
+#[test]
+fn uninstall_keeps_edits_made_after_install() {
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.install(&[]);
+    let mut list = node.json("10-calico.conflist");
+    if let Some(p) = list["plugins"].as_array_mut() {
+        p.insert(2, json!({ "type": "bandwidth" }));
+    }
+    fs::write(node.conf.join("10-calico.conflist"), list.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.uninstall();
+    assert_eq!(
+        plugin_types(&node.json("10-calico.conflist")),
+        ["calico", "portmap", "bandwidth"]
+    );
+}
+
+#[test]
+fn refuses_a_primary_whose_version_would_break_every_pod() {
+    let old = "{\"cniVersion\":\"0.2.0\",\"name\":\"old\",\"plugins\":[{\"type\":\"bridge\"}]}";
+    let node = Node::new(&[("10-old.conflist", old)]);
+    let (ok, text) = node.run("install", &[]);
+    assert!(!ok);
+    assert!(text.contains("0.2.0"), "{text}");
+    assert_eq!(
+        fs::read_to_string(node.conf.join("10-old.conflist"))
+            .ok()
+            .as_deref(),
+        Some(old)
+    );
+}
+
+#[test]
+fn installed_entry_is_accepted_by_the_plugin_itself() {
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.install(&[
+        "--mtu",
+        "1380",
+        "--underlay-interface",
+        "ens5",
+        "--readiness-path",
+        "/run/wgmesh/other",
+        "--no-require-readiness",
+    ]);
+    let list = node.json("10-calico.conflist");
+    let mut entry = list["plugins"][2].clone();
+    assert_eq!(
+        entry,
+        json!({ "type": "wgmesh-cni", "mtu": 1380, "underlayInterface": "ens5",
+                "readinessPath": "/run/wgmesh/other", "requireReadiness": false })
+    );
+    // What the runtime derives from the list for our plugin.
+    entry["cniVersion"] = list["cniVersion"].clone();
+    entry["name"] = list["name"].clone();
+    let parsed =
+        wgmesh_cni::config::parse(entry.to_string().as_bytes(), rscni_types::types::Cmd::Add)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.mtu, Some(1380));
+    assert_eq!(parsed.underlay_interface.as_deref(), Some("ens5"));
+    assert!(!parsed.require_readiness);
+}
+
+#[test]
+fn bad_arguments_fail_without_touching_anything() {
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    let before = node.files();
+    for args in [vec!["--mtu", "9"], vec!["--frob"], vec!["--pod-cidr"]] {
+        let (ok, text) = node.run("install", &args);
+        assert!(!ok, "{args:?}: {text}");
+    }
+    assert_eq!(node.files(), before);
+    assert!(!node.bin.join("wgmesh-cni").exists());
+}
