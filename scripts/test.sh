@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command: every crate's tests, then a short smoke run of each fuzz target.
+# Needs root (network namespaces) and the packages .ci/run installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test (workspace)"
+cargo test --workspace --locked
+
+fuzz_seconds="${FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== fuzz smoke (${fuzz_seconds}s per target)"
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "cargo-fuzz is missing: run 'cargo install cargo-fuzz' (or set FUZZ_SECONDS=0)" >&2
+    exit 1
+  fi
+  for target in message_parser receive_path; do
+    echo "-- $target"
+    # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets this stable toolchain use them.
+    (cd tunnel/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" 2>&1 | tail -n 3)
+  done
+fi
+echo "== all tests passed"
