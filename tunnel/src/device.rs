@@ -96,6 +96,7 @@ pub struct Device<R: RngCore + CryptoRng = OsRng> {
     checker: Option<CookieChecker>,
     peers: Vec<Option<Box<Peer>>>,
     free_ids: Vec<PeerId>,
+    next_serial: u64,
     by_key: HashMap<PublicKey, PeerId>,
     index: IndexTable,
     pub allowed_ips: AllowedIps<PeerId>,
@@ -135,6 +136,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             checker: None,
             peers: Vec::new(),
             free_ids: Vec::new(),
+            next_serial: 0,
             by_key: HashMap::new(),
             index: IndexTable::default(),
             allowed_ips: AllowedIps::default(),
@@ -232,7 +234,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if let Some(id) = self.by_key.get(&key) {
             return Some(*id);
         }
-        let peer = Box::new(Peer::new(key, self.identity.as_ref()));
+        let mut peer = Box::new(Peer::new(key, self.identity.as_ref()));
+        peer.serial = self.next_serial;
+        self.next_serial += 1;
         let id = match self.free_ids.pop() {
             Some(id) => {
                 self.peers[id] = Some(peer);
@@ -270,9 +274,12 @@ impl<R: RngCore + CryptoRng> Device<R> {
         self.peers.get(id).and_then(|p| p.as_deref())
     }
 
-    /// Peers in creation order (ids are reused after removal).
+    /// Peers in the order they were added (ids themselves are reused after removal).
     pub fn peer_ids(&self) -> Vec<PeerId> {
-        (0..self.peers.len()).filter(|i| self.peers[*i].is_some()).collect()
+        let mut ids: Vec<(u64, PeerId)> =
+            self.peers.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|p| (p.serial, i))).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, i)| i).collect()
     }
 
     pub fn set_preshared_key(&mut self, id: PeerId, psk: PresharedKey) {

@@ -16,6 +16,8 @@ pub mod ratelimiter;
 pub mod replay;
 pub mod tai64n;
 pub mod timers;
+pub mod uapi;
+pub mod shell;
 
 pub use device::{Clock, Device, Drop, Outcome, Output};
 pub use keys::{PresharedKey, PrivateKey, PublicKey};

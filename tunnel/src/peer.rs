@@ -28,6 +28,8 @@ pub struct Peer {
     pub last_handshake: Option<Duration>,
     /// Monotonic time of our last initiation or response: at most one per REKEY_TIMEOUT.
     pub last_sent_handshake: Option<Duration>,
+    /// Creation order, so listings keep the order peers were configured in.
+    pub serial: u64,
 }
 
 impl Peer {
@@ -44,6 +46,7 @@ impl Peer {
             tx_bytes: 0,
             last_handshake: None,
             last_sent_handshake: None,
+            serial: 0,
         }
     }
 

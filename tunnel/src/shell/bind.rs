@@ -1,0 +1,104 @@
+//! The outer UDP sockets: one IPv4 and one IPv6 socket on the same port, with fwmark, large
+//! buffers and batched receive (recvmmsg and GRO through quinn-udp).
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Big enough to ride out bursts at line rate (wireguard-go uses 7 MiB too).
+const SOCKET_BUFFER: usize = 7 << 20;
+/// How long a blocked receive waits before its thread re-checks for shutdown or rebind.
+pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
+
+pub struct Socket4or6 {
+    pub socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Socket4or6 {
+    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
+    }
+    pub fn send(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let t = Transmit { destination: to, ecn: None, contents: bytes, segment_size: None, src_ip: None };
+        self.state.try_send(UdpSockRef::from(&self.socket), &t)
+    }
+}
+
+pub struct Bind {
+    pub v4: Option<Socket4or6>,
+    pub v6: Option<Socket4or6>,
+    pub port: u16,
+}
+
+fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value is a live i32 of the size given.
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, &value as *const i32 as *const libc::c_void, std::mem::size_of::<i32>() as u32)
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn open(addr: SocketAddr, fwmark: u32) -> io::Result<Socket4or6> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if fwmark != 0 {
+        s.set_mark(fwmark)?;
+    }
+    // The FORCE variants pass the sysctl limits when we have CAP_NET_ADMIN.
+    let fd = s.as_raw_fd();
+    if set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCKET_BUFFER as i32).is_err() {
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCKET_BUFFER as i32).is_err() {
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(RECV_TIMEOUT))?;
+    let socket: UdpSocket = s.into();
+    let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+    Ok(Socket4or6 { socket, state })
+}
+
+impl Bind {
+    /// Binds both families to `port` (0: a random port, shared by both).
+    pub fn open(port: u16, fwmark: u32) -> io::Result<Bind> {
+        let mut last_err = None;
+        // With port 0 the v6 socket may find the v4 port taken; try a few random ports.
+        for _ in 0..(if port == 0 { 10 } else { 1 }) {
+            let v4 = match open(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), fwmark) {
+                Ok(s) => s,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let bound = v4.socket.local_addr()?.port();
+            match open(SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)), fwmark) {
+                Ok(v6) => return Ok(Bind { v4: Some(v4), v6: Some(v6), port: bound }),
+                // No IPv6 on this host: run IPv4 only.
+                Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                    return Ok(Bind { v4: Some(v4), v6: None, port: bound })
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+    }
+
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        for s in [&self.v4, &self.v6].into_iter().flatten() {
+            socket2::SockRef::from(&s.socket).set_mark(mark)?;
+        }
+        Ok(())
+    }
+
+    pub fn socket_for(&self, to: SocketAddr) -> Option<&Socket4or6> {
+        if to.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() }
+    }
+}

@@ -1,0 +1,369 @@
+//! The I/O shell around the sans-IO core: a TUN device, the UDP sockets, a UAPI socket, real
+//! clocks and a handful of threads. All protocol decisions stay in `Device`.
+
+pub mod batch;
+pub mod bind;
+pub mod ipc;
+
+use crate::device::{Clock, Device};
+use crate::uapi::{self, UapiError};
+use batch::Batch;
+use bind::Bind;
+use quinn_udp::RecvMeta;
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tun_rs::SyncDevice;
+
+/// Packets read from the TUN (or datagrams from a socket) per lock acquisition.
+const BATCH: usize = 64;
+/// Timers are checked at least this often; deadlines in between are honoured exactly.
+const TICK: Duration = Duration::from_millis(100);
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// Monotonic time including suspend (CLOCK_BOOTTIME, as the kernel's timers), plus wall time.
+pub fn now() -> Clock {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Clock { mono, wall }
+}
+
+struct State {
+    dev: Device,
+    /// Configured port; 0 asks for a random one when the link comes up.
+    listen_port: u16,
+    fwmark: u32,
+}
+
+pub struct Engine {
+    pub name: String,
+    pub socket_path: PathBuf,
+    state: Mutex<State>,
+    bind: RwLock<Option<Arc<Bind>>>,
+    tun: SyncDevice,
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create TUN device {0}: /dev/net/tun is missing (load the tun module)")]
+    TunMissing(String),
+    #[error("cannot create TUN device {0}: permission denied (needs root or CAP_NET_ADMIN)")]
+    NoPermission(String),
+    #[error("cannot create TUN device {0}: {1}")]
+    Tun(String, io::Error),
+    #[error("interface {0} is already served by another process ({1} answers)")]
+    InUse(String, String),
+    #[error("cannot create UAPI socket {0}: {1}")]
+    Socket(String, io::Error),
+}
+
+impl Engine {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking thread would have aborted the data path anyway; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates the TUN device and the UAPI socket; returns once both exist.
+    pub fn start(name: &str) -> Result<(Arc<Engine>, std::os::unix::net::UnixListener), StartError> {
+        let socket_path = PathBuf::from(SOCKET_DIR).join(format!("{name}.sock"));
+        // Refuse to fight another live engine for the same name; clear a stale socket.
+        if std::os::unix::net::UnixStream::connect(&socket_path).is_ok() {
+            return Err(StartError::InUse(name.into(), socket_path.display().to_string()));
+        }
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(crate::device::DEFAULT_MTU as u16)
+            .inherit_enable_state()
+            .build_sync()
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENODEV) => StartError::TunMissing(name.into()),
+                Some(libc::EPERM) | Some(libc::EACCES) => StartError::NoPermission(name.into()),
+                _ => StartError::Tun(name.into(), e),
+            })?;
+        tun.set_nonblocking(true).map_err(|e| StartError::Tun(name.into(), e))?;
+        let listener = ipc::listen(&socket_path).map_err(|e| StartError::Socket(socket_path.display().to_string(), e))?;
+        let engine = Arc::new(Engine {
+            name: name.into(),
+            socket_path,
+            state: Mutex::new(State { dev: Device::default(), listen_port: 0, fwmark: 0 }),
+            bind: RwLock::new(None),
+            tun,
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        Ok((engine, listener))
+    }
+
+    /// Runs the data path until the interface is deleted, the socket removed, or a signal.
+    pub fn run(self: &Arc<Self>, listener: std::os::unix::net::UnixListener) {
+        let mut threads = Vec::new();
+        let e = self.clone();
+        threads.push(std::thread::spawn(move || ipc::serve(e, listener)));
+        let e = self.clone();
+        threads.push(std::thread::spawn(move || e.tun_loop()));
+        for v6 in [false, true] {
+            let e = self.clone();
+            threads.push(std::thread::spawn(move || e.udp_loop(v6)));
+        }
+        let e = self.clone();
+        threads.push(std::thread::spawn(move || e.timer_loop()));
+        self.monitor();
+        self.stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        tracing::info!(interface = %self.name, "stopped");
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sends and writes what the core produced, outside the device lock.
+    fn flush(&self, batch: &mut Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        for p in batch.delivers() {
+            // A full TUN queue drops, as a NIC would.
+            let _ = self.tun.send(p);
+        }
+        let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(bind) = bind {
+            for (to, d) in batch.sends() {
+                if let Some(s) = bind.socket_for(to) {
+                    if let Err(e) = s.send(to, d) {
+                        tracing::debug!(%to, error = %e, "send failed");
+                    }
+                }
+            }
+        }
+        batch.clear();
+    }
+
+    fn tun_loop(&self) {
+        let mut bufs = vec![vec![0u8; 65536]; BATCH];
+        let mut lens = [0usize; BATCH];
+        let mut batch = Batch::default();
+        let fd = self.tun.as_raw_fd();
+        while !self.stopped() {
+            if !wait_readable(fd, TICK) {
+                continue;
+            }
+            let mut n = 0;
+            while n < BATCH {
+                match self.tun.recv(&mut bufs[n]) {
+                    Ok(len) => {
+                        lens[n] = len;
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TUN read failed");
+                        std::thread::sleep(TICK);
+                        break;
+                    }
+                }
+            }
+            let clock = now();
+            let mut st = self.lock();
+            for i in 0..n {
+                st.dev.handle_tun(&bufs[i][..lens[i]], clock, &mut batch);
+            }
+            drop(st);
+            self.flush(&mut batch);
+        }
+    }
+
+    fn udp_loop(&self, v6: bool) {
+        let mut bufs = vec![vec![0u8; 65536]; quinn_udp::BATCH_SIZE.min(BATCH)];
+        let mut meta = vec![RecvMeta::default(); bufs.len()];
+        let mut batch = Batch::default();
+        while !self.stopped() {
+            let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
+                drop(bind);
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let n = {
+                let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                match sock.recv(&mut slices, &mut meta) {
+                    Ok(n) => n,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive failed");
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            };
+            drop(bind);
+            let clock = now();
+            let mut st = self.lock();
+            for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+                // With GRO one buffer holds several datagrams of `stride` bytes each.
+                let stride = m.stride.max(1);
+                for d in buf[..m.len].chunks_mut(stride) {
+                    st.dev.handle_udp(m.addr, d, clock, &mut batch);
+                }
+            }
+            drop(st);
+            self.flush(&mut batch);
+        }
+    }
+
+    fn timer_loop(&self) {
+        let mut batch = Batch::default();
+        while !self.stopped() {
+            let clock = now();
+            let next = {
+                let mut st = self.lock();
+                st.dev.poll(clock, &mut batch);
+                st.dev.next_deadline()
+            };
+            self.flush(&mut batch);
+            let wait = next.map_or(TICK, |d| d.saturating_sub(clock.mono).min(TICK));
+            std::thread::sleep(wait.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Follows the interface: gone → stop; up/down → bind/unbind; MTU → padding bound.
+    fn monitor(&self) {
+        let mut batch = Batch::default();
+        while !self.stopped() {
+            let Some(flags) = link_flags(&self.name) else {
+                tracing::info!(interface = %self.name, "interface deleted; exiting");
+                return;
+            };
+            if !self.socket_path.exists() {
+                tracing::info!(path = %self.socket_path.display(), "UAPI socket removed; exiting");
+                return;
+            }
+            let up = flags & libc::IFF_UP as u32 != 0;
+            let mut st = self.lock();
+            if let Ok(mtu) = self.tun.mtu() {
+                st.dev.set_mtu(mtu as usize);
+            }
+            if up != st.dev.is_up() {
+                if up {
+                    if let Err(e) = self.rebind(&mut st) {
+                        tracing::warn!(port = st.listen_port, error = %e, "cannot bind UDP port");
+                    }
+                } else {
+                    *self.bind.write().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                st.dev.set_up(up, now(), &mut batch);
+                tracing::info!(interface = %self.name, up, "link state");
+            }
+            drop(st);
+            self.flush(&mut batch);
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// (Re)binds the sockets to the configured port; only while the link is up.
+    fn rebind(&self, st: &mut State) -> io::Result<()> {
+        let current = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.port);
+        if current.is_some() && (current == Some(st.listen_port) || st.listen_port == 0) {
+            return Ok(());
+        }
+        // A just-closed socket may linger for one receive timeout; retry briefly.
+        let mut tries = 0;
+        let bind = loop {
+            match Bind::open(st.listen_port, st.fwmark) {
+                Ok(b) => break b,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 5 && current.is_none() => {
+                    tries += 1;
+                    std::thread::sleep(bind::RECV_TIMEOUT);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if st.listen_port == 0 {
+            st.listen_port = bind.port;
+        }
+        *self.bind.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bind));
+        Ok(())
+    }
+
+    /// Serves one `get=1`.
+    pub fn uapi_get(&self) -> String {
+        let st = self.lock();
+        let port = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(st.listen_port, |b| b.port);
+        uapi::get(&st.dev, port, st.fwmark)
+    }
+
+    /// Serves one `set=1`; returns the errno to report (0 on success).
+    pub fn uapi_set<'a>(&self, lines: impl IntoIterator<Item = &'a str>) -> i32 {
+        let req = match uapi::parse_set(lines) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(error = %e, "UAPI set rejected");
+                return e.errno();
+            }
+        };
+        let mut batch = Batch::default();
+        let clock = now();
+        let mut st = self.lock();
+        if let Some(mark) = req.fwmark {
+            st.fwmark = mark;
+            if let Some(b) = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                if let Err(e) = b.set_mark(mark) {
+                    return UapiError::AddrInUse(e.to_string()).errno();
+                }
+            }
+        }
+        if let Some(port) = req.listen_port {
+            let old = st.listen_port;
+            st.listen_port = port;
+            if st.dev.is_up() {
+                if let Err(e) = self.rebind(&mut st) {
+                    st.listen_port = old;
+                    tracing::warn!(port, error = %e, "cannot bind UDP port");
+                    return UapiError::AddrInUse(e.to_string()).errno();
+                }
+            }
+        }
+        uapi::apply(&mut st.dev, req, clock, &mut batch);
+        drop(st);
+        self.flush(&mut batch);
+        0
+    }
+}
+
+fn wait_readable(fd: i32, timeout: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd we own, for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    r > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// The interface flags, or `None` once the interface no longer exists.
+fn link_flags(name: &str) -> Option<u32> {
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a throwaway datagram socket and an ifreq we own; both closed/dropped below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Some(0);
+        }
+        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        libc::close(fd);
+        (r == 0).then(|| req.ifr_ifru.ifru_flags as u16 as u32)
+    }
+}

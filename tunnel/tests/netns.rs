@@ -1,0 +1,430 @@
+//! Black-box tests of the `wgmesh-tunnel` binary in network namespaces, driven by the stock
+//! `wg`/`wg-quick` tools and checked against wireguard-go: the userspace-applicable scenarios
+//! of the kernel's netns.sh. Needs root and the packages `.ci/run` installs.
+
+mod lab;
+use lab::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// Sends `len` pseudo-random bytes over TCP from `from` to `to_addr` and checks every byte.
+fn tcp_transfer(p: &Pair, from: usize, to_addr: &str, len: usize) {
+    let data: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[1]).collect();
+    let expect = data.clone();
+    let listen = format!("{}:5201", if to_addr.contains(':') { format!("[{to_addr}]") } else { to_addr.to_string() });
+    let dst = listen.clone();
+    let server_ns = p.ns[1 - from].clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_ns(&server_ns, move || {
+            let l = TcpListener::bind(&listen).expect("listen");
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            got
+        })
+    });
+    rx.recv().unwrap();
+    in_ns(&p.ns[from], move || {
+        let mut s = TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5)).expect("connect");
+        s.write_all(&data).expect("write");
+    });
+    let got = server.join().unwrap();
+    assert!(got == expect, "TCP bytes differ: got {} of {} bytes", got.len(), expect.len());
+}
+
+fn full_check(a: Impl, b: Impl, outer6: bool, initiator: usize) {
+    let p = pair(a, b, outer6);
+    let peer_v4 = ["192.168.241.2", "192.168.241.1"];
+    let peer_v6 = ["fd00::2", "fd00::1"];
+    let responder = 1 - initiator;
+    assert!(p.lab.ping(&p.ns[initiator], peer_v4[initiator], 3), "{a:?}->{b:?} ping v4 from side {initiator}");
+    assert!(p.lab.ping(&p.ns[responder], peer_v4[responder], 2), "ping v4 back");
+    assert!(p.lab.ping(&p.ns[initiator], peer_v6[initiator], 2), "ping v6");
+    assert!(p.lab.ping(&p.ns[responder], peer_v6[responder], 2), "ping v6 back");
+    tcp_transfer(&p, 0, "192.168.241.2", 4 << 20);
+    tcp_transfer(&p, 1, "fd00::1", 4 << 20);
+    // Both sides report a handshake, as Unix time.
+    for i in 0..2 {
+        let out = p.lab.exec_ok(&p.ns[i], &["wg", "show", &p.iface[i], "latest-handshakes"]);
+        let t: u64 = out.split('\t').nth(1).unwrap().trim().parse().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(t > now - 60 && t <= now + 1, "handshake time {t} vs now {now}");
+    }
+}
+
+#[test]
+fn ours_with_ours() {
+    full_check(Impl::Ours, Impl::Ours, false, 0);
+}
+
+#[test]
+fn ours_initiates_to_wireguard_go() {
+    full_check(Impl::Ours, Impl::WireguardGo, false, 0);
+}
+
+#[test]
+fn wireguard_go_initiates_to_ours() {
+    full_check(Impl::Ours, Impl::WireguardGo, false, 1);
+}
+
+#[test]
+fn ipv6_outer_endpoints_with_wireguard_go() {
+    full_check(Impl::WireguardGo, Impl::Ours, true, 1);
+}
+
+/// netns.sh: after one handshake and 10 pings, `wg show transfer` is exact.
+#[test]
+fn transfer_counters_after_ten_pings() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    assert!(p.lab.ping(&p.ns[1], "192.168.241.1", 10));
+    let (rx, tx) = p.lab.transfer(&p.ns[1], &p.iface[1], &p.keys[0].public);
+    assert!(rx == 1372 && (tx == 1428 || tx == 1460), "pinger rx={rx} tx={tx}");
+    let (rx, tx) = p.lab.transfer(&p.ns[0], &p.iface[0], &p.keys[1].public);
+    assert!(tx == 1372 && (rx == 1428 || rx == 1460), "responder rx={rx} tx={tx}");
+}
+
+#[test]
+fn roaming_and_crypto_rp_filter() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    let (n1, n2) = (&p.ns[0], &p.ns[1]);
+    assert!(p.lab.ping(n1, "192.168.241.2", 1));
+    // Side 0 moves to a new port: side 1 follows it on the next authenticated packet.
+    p.lab.wg_set(n1, &p.iface[0], None, "listen-port 9999");
+    assert!(p.lab.ping(n1, "192.168.241.2", 1));
+    let ep = p.lab.exec_ok(n2, &["wg", "show", &p.iface[1], "endpoints"]);
+    assert!(ep.contains("10.77.0.1:9999"), "endpoint did not roam: {ep}");
+    // Now side 1 routes 192.168.241.1 to another peer: packets from side 0 fail the source
+    // check and are dropped, yet the endpoint still roams (netns.sh crypto-RP filter).
+    let other = genkey();
+    p.lab.wg_set(n2, &p.iface[1], None, &format!("peer {} allowed-ips 192.168.241.1/32", other.public));
+    p.lab.wg_set(n1, &p.iface[0], None, "listen-port 9997");
+    assert!(!p.lab.ping(n1, "192.168.241.2", 1), "spoofed source must not get through");
+    let ep = p.lab.exec_ok(n2, &["wg", "show", &p.iface[1], "endpoints"]);
+    assert!(ep.contains(&format!("{}\t10.77.0.1:9997", p.keys[0].public)), "endpoint roams before the source check: {ep}");
+}
+
+#[test]
+fn endpoint_learned_from_handshake() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    // Side 1 forgets side 0's endpoint: re-create the peer without one.
+    p.lab.wg_set(&p.ns[1], &p.iface[1], None, &format!("peer {} remove", p.keys[0].public));
+    p.lab.wg_set(&p.ns[1], &p.iface[1], None, &format!("peer {} allowed-ips 192.168.241.1/32", p.keys[0].public));
+    assert!(!p.lab.ping(&p.ns[1], "192.168.241.1", 1), "no endpoint: cannot send first");
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1));
+    let ep = p.lab.exec_ok(&p.ns[1], &["wg", "show", &p.iface[1], "endpoints"]);
+    assert!(ep.contains("10.77.0.1:51001"), "{ep}");
+    assert!(p.lab.ping(&p.ns[1], "192.168.241.1", 1));
+}
+
+#[test]
+fn private_key_change_handshakes_immediately() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1));
+    let k3 = genkey();
+    p.lab.wg_set(&p.ns[0], &p.iface[0], Some(&k3.private), "");
+    // Replace the peer in one `wg set`: remove the old key, add the new one.
+    p.lab.wg_set(&p.ns[1], &p.iface[1], None, &format!("peer {} remove peer {} endpoint 10.77.0.1:51001 allowed-ips 192.168.241.1/32,fd00::1/128", p.keys[0].public, k3.public));
+    let out = p.lab.exec(&p.ns[0], &["ping", "-c", "1", "-W", "1", "192.168.241.2"]);
+    assert!(out.status.success(), "first ping after a key change must pass at once");
+}
+
+#[test]
+fn low_order_public_keys_never_send() {
+    let mut lab = Lab::new();
+    let n1 = lab.ns("a");
+    let n2 = lab.ns("b");
+    let (_, vb) = lab.link(&n1, &n2, 77);
+    let i1 = lab.engine(&n1, Impl::Ours, "a");
+    let k = genkey();
+    lab.wg_set(&n1, &i1, Some(&k.private), "listen-port 51001");
+    let low = [
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
+        "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+        "7P///////////////////////////////////////38=",
+        "7f///////////////////////////////////////38=",
+        "7v///////////////////////////////////////38=",
+    ];
+    let peers: Vec<String> = low.iter().map(|k| format!("peer {k} persistent-keepalive 1 endpoint 10.77.0.2:51002")).collect();
+    lab.wg_set(&n1, &i1, None, &peers.join(" "));
+    let cap = format!("/tmp/{}.pcap", lab.id);
+    let mut dump = std::process::Command::new("ip")
+        .args(["netns", "exec", &n2, "tcpdump", "-i", &vb, "-n", "-U", "-w", &cap, "udp"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(800));
+    lab.up(&n1, &i1, &["192.168.241.1/24"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = dump.kill();
+    let _ = dump.wait();
+    let seen = run(&["tcpdump", "-r", &cap, "-n"]);
+    let _ = std::fs::remove_file(&cap);
+    assert_eq!(String::from_utf8_lossy(&seen.stdout).lines().count(), 0, "a low-order peer emitted packets");
+    for line in lab.exec_ok(&n1, &["wg", "show", &i1, "transfer"]).lines() {
+        assert!(line.ends_with("\t0\t0"), "{line}");
+    }
+}
+
+#[test]
+fn persistent_keepalive_on_set_sends_at_once() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    p.lab.wg_set(&p.ns[0], &p.iface[0], None, &format!("peer {} persistent-keepalive 25", p.keys[1].public));
+    std::thread::sleep(Duration::from_millis(500));
+    let (rx, tx) = p.lab.transfer(&p.ns[0], &p.iface[0], &p.keys[1].public);
+    assert!(tx >= 148 && rx >= 92, "handshake on keepalive set: rx={rx} tx={tx}");
+}
+
+#[test]
+fn stealth_no_reply_to_junk_or_bad_mac1() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    let cap = format!("/tmp/{}.pcap", p.lab.id);
+    let mut dump = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.ns[0], "tcpdump", "-i", &p.veth.0, "-n", "-U", "-w", &cap, "udp and src port 51002"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(800));
+    in_ns(&p.ns[0], || {
+        let s = UdpSocket::bind("10.77.0.1:40000").unwrap();
+        let mut junk = [0u8; 148];
+        for (i, b) in junk.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        for len in [1usize, 32, 64, 92, 100, 148] {
+            s.send_to(&junk[..len], "10.77.0.2:51002").unwrap();
+        }
+        // A well-formed initiation header with a wrong mac1.
+        let mut init = junk;
+        init[..4].copy_from_slice(&[1, 0, 0, 0]);
+        for _ in 0..5 {
+            s.send_to(&init, "10.77.0.2:51002").unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = dump.kill();
+    let _ = dump.wait();
+    let seen = run(&["tcpdump", "-r", &cap, "-n"]);
+    let _ = std::fs::remove_file(&cap);
+    assert_eq!(String::from_utf8_lossy(&seen.stdout).lines().count(), 0, "engine answered unauthenticated input");
+    let (rx, _) = p.lab.transfer(&p.ns[1], &p.iface[1], &p.keys[0].public);
+    assert_eq!(rx, 0);
+}
+
+#[test]
+fn wg_tool_show_set_setconf_syncconf() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    let (ns, i) = (&p.ns[0], &p.iface[0]);
+    let show = p.lab.exec_ok(ns, &["wg", "show", i]);
+    assert!(show.contains(&format!("public key: {}", p.keys[0].public)) && show.contains("listening port: 51001"), "{show}");
+    // dump: interface line then one line per peer, tab-separated.
+    let all = p.lab.exec_ok(ns, &["wg", "show", "all", "dump"]);
+    let line = all.lines().find(|l| l.starts_with(i.as_str())).unwrap();
+    let f: Vec<&str> = line.split('\t').collect();
+    assert_eq!(&f[1..5], &[p.keys[0].private.as_str(), p.keys[0].public.as_str(), "51001", "off"]);
+    // set: add a peer with PSK and keepalive, change and remove allowed IPs, remove it.
+    let k = genkey();
+    let psk = ok(&["wg", "genpsk"]).trim().to_string();
+    let out = sh(&format!("ip netns exec {ns} wg set {i} peer {} preshared-key <(echo {psk}) persistent-keepalive 7 allowed-ips 10.5.0.0/16,fd05::/64 endpoint [fd4d::9]:1234", k.public));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = p.lab.dump(ns, i);
+    let row = d.iter().find(|r| r[0] == k.public).expect("new peer");
+    assert_eq!(row[1], psk);
+    assert_eq!(row[2], "[fd4d::9]:1234");
+    assert_eq!(row[3], "10.5.0.0/16,fd05::/64");
+    assert_eq!(row[7], "7");
+    p.lab.wg_set(ns, i, None, &format!("peer {} allowed-ips 10.6.0.0/24 persistent-keepalive off", k.public));
+    let d = p.lab.dump(ns, i);
+    let row = d.iter().find(|r| r[0] == k.public).unwrap();
+    assert_eq!((row[3].as_str(), row[7].as_str()), ("10.6.0.0/24", "off"), "allowed-ips replaced");
+    p.lab.wg_set(ns, i, None, &format!("peer {} remove", k.public));
+    assert!(p.lab.dump(ns, i).iter().all(|r| r[0] != k.public));
+    // A bad key: wg refuses it with its own message and nothing changes.
+    let before = p.lab.exec_ok(ns, &["wg", "showconf", i]);
+    let out = p.lab.exec(ns, &["wg", "set", i, "peer", "not-a-key", "allowed-ips", "10.9.0.0/16"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Key is not the correct length or format"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(p.lab.exec_ok(ns, &["wg", "showconf", i]), before);
+    // setconf replaces everything; syncconf converges to a file; showconf round-trips.
+    let dir = std::env::temp_dir().join(format!("wgconf{}", p.lab.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let k2 = genkey();
+    let conf = format!("[Interface]\nPrivateKey = {}\nListenPort = 51001\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.7.0.0/24\nEndpoint = 10.77.0.2:51002\n", p.keys[0].private, k2.public);
+    let file = dir.join("a.conf");
+    std::fs::write(&file, &conf).unwrap();
+    p.lab.exec_ok(ns, &["wg", "setconf", i, file.to_str().unwrap()]);
+    let d = p.lab.dump(ns, i);
+    assert_eq!(d.len(), 2, "setconf replaced the peers: {d:?}");
+    assert_eq!(d[1][0], k2.public);
+    let conf2 = format!("{conf}\n[Peer]\nPublicKey = {}\nAllowedIPs = 192.168.241.2/32\nEndpoint = 10.77.0.2:51002\n", p.keys[1].public);
+    std::fs::write(&file, &conf2).unwrap();
+    p.lab.exec_ok(ns, &["wg", "syncconf", i, file.to_str().unwrap()]);
+    assert_eq!(p.lab.dump(ns, i).len(), 3);
+    let shown = p.lab.exec_ok(ns, &["wg", "showconf", i]);
+    let file2 = dir.join("b.conf");
+    std::fs::write(&file2, &shown).unwrap();
+    p.lab.exec_ok(ns, &["wg", "setconf", i, file2.to_str().unwrap()]);
+    assert_eq!(p.lab.exec_ok(ns, &["wg", "showconf", i]), shown, "showconf → setconf round-trips");
+    assert!(p.lab.ping(ns, "192.168.241.2", 1), "the synced peer works");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Private key semantics: all-zero clears it.
+    let out = sh(&format!("ip netns exec {ns} wg set {i} private-key /dev/null"));
+    assert!(out.status.success());
+    assert_eq!(p.lab.exec_ok(ns, &["wg", "show", i, "private-key"]).trim(), "(none)");
+}
+
+#[test]
+fn wg_quick_up_and_down() {
+    let mut lab = Lab::new();
+    let ns = lab.ns("q");
+    let name = format!("wq{}", lab.id);
+    let dir = std::env::temp_dir().join(format!("wgq{}", lab.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = genkey();
+    let peer = genkey();
+    let conf = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 10.44.0.1/24, fd44::1/64\nListenPort = 51820\nMTU = 1380\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.44.1.0/24\nEndpoint = 127.0.0.1:51821\nPersistentKeepalive = 25\n",
+        k.private, peer.public
+    );
+    let file = dir.join(format!("{name}.conf"));
+    std::fs::write(&file, conf).unwrap();
+    lab.ifaces.push((ns.clone(), name.clone()));
+    let up = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "wg-quick", "up", file.to_str().unwrap()])
+        .env("WG_QUICK_USERSPACE_IMPLEMENTATION", OURS)
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "wg-quick up: {}", String::from_utf8_lossy(&up.stderr));
+    let show = lab.exec_ok(&ns, &["wg", "show", &name]);
+    assert!(show.contains("listening port: 51820") && show.contains(&peer.public) && show.contains("persistent keepalive: every 25 seconds"), "{show}");
+    let link = lab.exec_ok(&ns, &["ip", "link", "show", &name]);
+    assert!(link.contains("mtu 1380") && link.contains("UP"), "{link}");
+    let route = lab.exec_ok(&ns, &["ip", "route", "show", "10.44.1.0/24"]);
+    assert!(route.contains(&name), "{route}");
+    let down = std::process::Command::new("ip").args(["netns", "exec", &ns, "wg-quick", "down", file.to_str().unwrap()]).output().unwrap();
+    assert!(down.status.success(), "wg-quick down: {}", String::from_utf8_lossy(&down.stderr));
+    // The engine exits on its own once its interface is gone, removing its socket.
+    let sock = format!("/var/run/wireguard/{name}.sock");
+    let t = Instant::now();
+    while std::path::Path::new(&sock).exists() && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!std::path::Path::new(&sock).exists(), "engine did not exit after wg-quick down");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn large_configuration_through_uapi() {
+    let mut lab = Lab::new();
+    let ns = lab.ns("l");
+    let i = lab.engine(&ns, Impl::Ours, "l");
+    let k = genkey();
+    // netns.sh: one peer with 255×256×2 = 130,560 allowed IPs, plus 2,000 peers with 2 each.
+    let mut conf = format!("[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = ", k.private, genkey().public);
+    let mut ips = Vec::with_capacity(130_560);
+    for a in 0..255u32 {
+        for b in 0..256u32 {
+            ips.push(format!("10.{a}.{b}.0/24"));
+            ips.push(format!("fd00:{a:x}:{b:x}::/48"));
+        }
+    }
+    conf += &ips.join(",");
+    conf += "\n";
+    let mut rng = 1u64;
+    for n in 0..2000u32 {
+        let mut key = [0u8; 32];
+        for b in key.iter_mut() {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *b = (rng >> 56) as u8;
+        }
+        use base64::Engine as _;
+        let pk = base64::engine::general_purpose::STANDARD.encode(key);
+        conf += &format!("\n[Peer]\nPublicKey = {pk}\nAllowedIPs = 172.16.{}.{}/32, fd01::{n:x}/128\n", n / 256, n % 256);
+    }
+    let file = std::env::temp_dir().join(format!("large{}.conf", lab.id));
+    std::fs::write(&file, conf).unwrap();
+    let t = Instant::now();
+    lab.exec_ok(&ns, &["wg", "setconf", &i, file.to_str().unwrap()]);
+    let took = t.elapsed();
+    let _ = std::fs::remove_file(&file);
+    let shown = lab.exec_ok(&ns, &["wg", "show", &i, "allowed-ips"]);
+    let peers = shown.lines().count();
+    // Each line is "<public key>\t<prefix> <prefix> ...".
+    let total: usize = shown.lines().map(|l| l.split(['\t', ' ']).skip(1).filter(|s| s.contains('/')).count()).sum();
+    assert_eq!(peers, 2001);
+    assert_eq!(total, 130_560 + 4_000);
+    eprintln!("large configuration: 2001 peers, {total} allowed IPs set in {took:?}");
+}
+
+#[test]
+fn allowed_ip_removal_of_one_prefix_over_raw_uapi() {
+    let mut lab = Lab::new();
+    let ns = lab.ns("r");
+    let i = lab.engine(&ns, Impl::Ours, "r");
+    let peer = genkey();
+    let ips: Vec<String> = (1..=20).map(|n| format!("10.0.0.{n}/32")).collect();
+    lab.wg_set(&ns, &i, None, &format!("peer {} allowed-ips {}", peer.public, ips.join(",")));
+    // wg-tools of this Debian release has no `-prefix` syntax yet: speak UAPI directly.
+    let hex = {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(&peer.public).unwrap();
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{i}.sock")).unwrap();
+    write!(s, "set=1\npublic_key={hex}\nallowed_ip=-10.0.0.3/32\nallowed_ip=-10.0.0.7/32\nallowed_ip=-10.9.9.9/32\n\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"errno=0\n\n");
+    // A second operation on the same connection works too.
+    write!(s, "get=1\n\n").unwrap();
+    let mut resp = String::new();
+    let mut chunk = [0u8; 4096];
+    while !resp.ends_with("\n\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        resp.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+    assert!(resp.ends_with("errno=0\n\n"));
+    let left: Vec<&str> = resp.lines().filter_map(|l| l.strip_prefix("allowed_ip=")).collect();
+    assert_eq!(left.len(), 18);
+    assert!(!left.contains(&"10.0.0.3/32") && !left.contains(&"10.0.0.7/32"));
+    // An unknown key is refused with -EINVAL and nothing changes.
+    write!(s, "set=1\npublic_key={hex}\nallowed_ip=-10.0.0.4/32\nbogus=1\n\n").unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"errno=-22\n\n");
+    let ips_now = lab.exec_ok(&ns, &["wg", "show", &i, "allowed-ips"]);
+    assert!(ips_now.contains("10.0.0.4/32"));
+    // A probe that connects and sends nothing is harmless.
+    drop(std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{i}.sock")).unwrap());
+    lab.exec_ok(&ns, &["wg", "show", &i]);
+}
+
+#[test]
+fn clear_errors_and_exit_codes() {
+    let mut lab = Lab::new();
+    let ns = lab.ns("e");
+    let i = lab.engine(&ns, Impl::Ours, "e");
+    // The same interface twice: refused, non-zero.
+    let out = lab.exec(&ns, &[OURS, &i]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[OURS, "bad/name"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&[OURS, "--help"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--foreground"));
+    // Port in use: `wg set` reports the error and the old port stays.
+    lab.up(&ns, &i, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let k = genkey();
+    lab.wg_set(&ns, &i, Some(&k.private), "listen-port 51010");
+    let blocker = in_ns(&ns, || UdpSocket::bind("0.0.0.0:51011").unwrap());
+    let out = lab.exec(&ns, &["wg", "set", &i, "listen-port", "51011"]);
+    assert!(!out.status.success(), "binding a used port must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Address already in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
+    drop(blocker);
+}
