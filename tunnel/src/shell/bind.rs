@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Big enough to ride out bursts at line rate (wireguard-go uses 7 MiB too).
 const SOCKET_BUFFER: usize = 7 << 20;
-/// How long a blocked receive waits before its thread re-checks for shutdown or rebind.
+/// How long a receive thread waits for readiness before it re-checks for shutdown or rebind.
 pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 
 pub struct Socket4or6 {
@@ -59,7 +59,8 @@ fn open(addr: SocketAddr, fwmark: u32) -> io::Result<Socket4or6> {
         let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     }
     s.bind(&addr.into())?;
-    s.set_read_timeout(Some(RECV_TIMEOUT))?;
+    // Non-blocking: recvmmsg on a blocking socket would wait to fill the whole batch.
+    s.set_nonblocking(true)?;
     let socket: UdpSocket = s.into();
     let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
     Ok(Socket4or6 { socket, state })

@@ -193,6 +193,9 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
+            if !wait_readable(sock.socket.as_raw_fd(), bind::RECV_TIMEOUT) {
+                continue;
+            }
             let n = {
                 let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
                 match sock.recv(&mut slices, &mut meta) {
