@@ -271,6 +271,13 @@ fn wg_tool_show_set_setconf_syncconf() {
     assert_eq!(p.lab.exec_ok(ns, &["wg", "showconf", i]), shown, "showconf → setconf round-trips");
     assert!(p.lab.ping(ns, "192.168.241.2", 1), "the synced peer works");
     let _ = std::fs::remove_dir_all(&dir);
+    // fwmark reaches the outer sockets (what keeps wg-quick's policy routing loop-free).
+    p.lab.exec_ok(ns, &["wg", "set", i, "fwmark", "0x1234"]);
+    assert_eq!(p.lab.exec_ok(ns, &["wg", "show", i, "fwmark"]).trim(), "0x1234");
+    let socks = p.lab.exec_ok(ns, &["ss", "-uaen"]);
+    let ours: Vec<&str> = socks.lines().filter(|l| l.contains(":51001")).collect();
+    assert_eq!(ours.len(), 2, "one IPv4 and one IPv6 socket: {socks}");
+    assert!(ours.iter().all(|l| l.contains("fwmark:0x1234")), "{socks}");
     // Private key semantics: all-zero clears it.
     let out = sh(&format!("ip netns exec {ns} wg set {i} private-key /dev/null"));
     assert!(out.status.success());
@@ -414,6 +421,10 @@ fn clear_errors_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&[OURS, "bad/name"]);
     assert_eq!(out.status.code(), Some(2));
+    // Without CAP_NET_ADMIN: a clear message, non-zero.
+    let out = run(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", OURS, "-f", "wgnoperm0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&[OURS, "--help"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--foreground"));
     // Port in use: `wg set` reports the error and the old port stays.

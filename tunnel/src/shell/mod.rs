@@ -20,6 +20,8 @@ use tun_rs::SyncDevice;
 
 /// Packets read from the TUN (or datagrams from a socket) per lock acquisition.
 const BATCH: usize = 64;
+/// Datagrams per receive call (quinn-udp's recvmmsg batch).
+const UDP_BATCH: usize = if quinn_udp::BATCH_SIZE < BATCH { quinn_udp::BATCH_SIZE } else { BATCH };
 /// Timers are checked at least this often; deadlines in between are honoured exactly.
 const TICK: Duration = Duration::from_millis(100);
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -183,7 +185,7 @@ impl Engine {
     }
 
     fn udp_loop(&self, v6: bool) {
-        let mut bufs = vec![vec![0u8; 65536]; quinn_udp::BATCH_SIZE.min(BATCH)];
+        let mut bufs = vec![vec![0u8; 65536]; UDP_BATCH];
         let mut meta = vec![RecvMeta::default(); bufs.len()];
         let mut batch = Batch::default();
         while !self.stopped() {
@@ -197,7 +199,9 @@ impl Engine {
                 continue;
             }
             let n = {
-                let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                // On the stack: no allocation per batch.
+                let mut it = bufs.iter_mut();
+                let mut slices: [IoSliceMut<'_>; UDP_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
                 match sock.recv(&mut slices, &mut meta) {
                     Ok(n) => n,
                     Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
