@@ -29,6 +29,31 @@ impl Batch {
     pub fn sends(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.sends.iter().map(|(a, r)| (*a, &self.bytes[r.clone()]))
     }
+    /// Runs of consecutive datagrams to one destination with one size (the last may be
+    /// shorter), adjacent in the arena: each run is one UDP GSO send of `segment` bytes each.
+    pub fn send_runs(&self, max_segments: usize, max_bytes: usize) -> impl Iterator<Item = (SocketAddr, &[u8], usize)> {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let (to, first) = self.sends.get(i)?.clone();
+            let seg = first.len();
+            let (mut end, mut n) = (first.end, 1);
+            i += 1;
+            while let Some((t, r)) = self.sends.get(i) {
+                let fits = *t == to && r.start == end && r.len() <= seg && n < max_segments && r.end - first.start <= max_bytes;
+                if !fits {
+                    break;
+                }
+                end = r.end;
+                n += 1;
+                i += 1;
+                // A shorter datagram can only end a run.
+                if r.len() < seg {
+                    break;
+                }
+            }
+            Some((to, &self.bytes[first.start..end], seg))
+        })
+    }
     pub fn delivers(&self) -> impl Iterator<Item = &[u8]> {
         self.delivers.iter().map(|r| &self.bytes[r.clone()])
     }
@@ -39,5 +64,32 @@ impl Batch {
         self.bytes.clear();
         self.sends.clear();
         self.delivers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_runs_group_same_destination_and_size() {
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
+        let mut batch = Batch::default();
+        for (to, len) in [(a, 100), (a, 100), (a, 60), (a, 100), (b, 100), (b, 100), (a, 100)] {
+            batch.send(to, &vec![len as u8; len]);
+        }
+        batch.deliver(&[1, 2, 3]);
+        batch.send(a, &[9; 100]);
+        batch.send(a, &[9; 100]);
+        let runs: Vec<_> = batch.send_runs(64, 65000).map(|(to, d, seg)| (to, d.len(), seg)).collect();
+        assert_eq!(
+            runs,
+            vec![(a, 260, 100), (a, 100, 100), (b, 200, 100), (a, 100, 100), (a, 200, 100)],
+            "a shorter datagram ends a run; a destination change or a gap in the arena splits"
+        );
+        // Segment and byte limits split long runs.
+        assert_eq!(batch.send_runs(2, 65000).count(), 6);
+        assert_eq!(batch.send_runs(64, 150).count(), 8);
+        assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&[1u8, 2, 3][..]]);
     }
 }

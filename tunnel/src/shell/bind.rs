@@ -22,9 +22,24 @@ impl Socket4or6 {
     pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
         self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
     }
-    pub fn send(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
-        let t = Transmit { destination: to, ecn: None, contents: bytes, segment_size: None, src_ip: None };
-        self.state.try_send(UdpSockRef::from(&self.socket), &t)
+    /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several).
+    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize) -> io::Result<()> {
+        let segment_size = (bytes.len() > segment).then_some(segment);
+        let t = Transmit { destination: to, ecn: None, contents: bytes, segment_size, src_ip: None };
+        match self.state.try_send(UdpSockRef::from(&self.socket), &t) {
+            // The kernel refused the segmentation (EIO without checksum offload): one by one.
+            Err(e) if segment_size.is_some() && e.kind() != io::ErrorKind::WouldBlock => {
+                for d in bytes.chunks(segment) {
+                    let t = Transmit { destination: to, ecn: None, contents: d, segment_size: None, src_ip: None };
+                    self.state.try_send(UdpSockRef::from(&self.socket), &t)?;
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 }
 

@@ -18,8 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tun_rs::SyncDevice;
 
-/// Packets read from the TUN (or datagrams from a socket) per lock acquisition.
-const BATCH: usize = 64;
+/// Packets handled per lock acquisition: the one place that owns the batch size.
+const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Headroom before each TUN packet: the virtio-net header the offloads need.
+const TUN_OFFSET: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+/// A GSO send carries at most this many bytes of UDP payload.
+const GSO_MAX_BYTES: usize = 65000;
 /// Datagrams per receive call (quinn-udp's recvmmsg batch).
 const UDP_BATCH: usize = if quinn_udp::BATCH_SIZE < BATCH { quinn_udp::BATCH_SIZE } else { BATCH };
 /// Timers are checked at least this often; deadlines in between are honoured exactly.
@@ -79,11 +83,17 @@ impl Engine {
         if std::os::unix::net::UnixStream::connect(&socket_path).is_ok() {
             return Err(StartError::InUse(name.into(), socket_path.display().to_string()));
         }
-        let tun = tun_rs::DeviceBuilder::new()
-            .name(name)
-            .mtu(crate::device::DEFAULT_MTU as u16)
-            .inherit_enable_state()
-            .build_sync()
+        // TSO/USO offloads let one read carry a whole TCP window and one write take a GRO batch.
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .mtu(crate::device::DEFAULT_MTU as u16)
+                .offload(offload)
+                .inherit_enable_state()
+                .build_sync()
+        };
+        let tun = build(true)
+            .or_else(|e| if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP)) { build(false) } else { Err(e) })
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENODEV) => StartError::TunMissing(name.into()),
                 Some(libc::EPERM) | Some(libc::EACCES) => StartError::NoPermission(name.into()),
@@ -129,19 +139,17 @@ impl Engine {
     }
 
     /// Sends and writes what the core produced, outside the device lock.
-    fn flush(&self, batch: &mut Batch) {
+    fn flush(&self, batch: &mut Batch, out: &mut TunWriter) {
         if batch.is_empty() {
             return;
         }
-        for p in batch.delivers() {
-            // A full TUN queue drops, as a NIC would.
-            let _ = self.tun.send(p);
-        }
+        out.write(&self.tun, batch);
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(bind) = bind {
-            for (to, d) in batch.sends() {
+            let segs = bind.v4.as_ref().map_or(1, |s| s.max_gso_segments()).max(1);
+            for (to, d, seg) in batch.send_runs(segs, GSO_MAX_BYTES) {
                 if let Some(s) = bind.socket_for(to) {
-                    if let Err(e) = s.send(to, d) {
+                    if let Err(e) = s.send(to, d, seg) {
                         tracing::debug!(%to, error = %e, "send failed");
                     }
                 }
@@ -151,36 +159,39 @@ impl Engine {
     }
 
     fn tun_loop(&self) {
-        let mut bufs = vec![vec![0u8; 65536]; BATCH];
-        let mut lens = [0usize; BATCH];
+        // One read may be a 64 KiB GSO super-packet, split into MTU-sized segments.
+        let mut original = vec![0u8; TUN_OFFSET + 65536];
+        let mut bufs = vec![vec![0u8; TUN_OFFSET + 65536]; BATCH];
+        let mut sizes = [0usize; BATCH];
         let mut batch = Batch::default();
+        let mut out = TunWriter::default();
         let fd = self.tun.as_raw_fd();
         while !self.stopped() {
             if !wait_readable(fd, TICK) {
                 continue;
             }
             let mut n = 0;
-            while n < BATCH {
-                match self.tun.recv(&mut bufs[n]) {
-                    Ok(len) => {
-                        lens[n] = len;
-                        n += 1;
-                    }
+            // Keep reading while a whole super-packet's worth of buffers is left.
+            while BATCH - n >= 64 {
+                match self.tun.recv_multiple(&mut original, &mut bufs[n..], &mut sizes[n..], TUN_OFFSET) {
+                    Ok(k) => n += k,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "TUN read failed");
-                        std::thread::sleep(TICK);
                         break;
                     }
                 }
             }
+            if n == 0 {
+                continue;
+            }
             let clock = now();
             let mut st = self.lock();
             for i in 0..n {
-                st.dev.handle_tun(&bufs[i][..lens[i]], clock, &mut batch);
+                st.dev.handle_tun(&bufs[i][TUN_OFFSET..TUN_OFFSET + sizes[i]], clock, &mut batch);
             }
             drop(st);
-            self.flush(&mut batch);
+            self.flush(&mut batch, &mut out);
         }
     }
 
@@ -188,6 +199,7 @@ impl Engine {
         let mut bufs = vec![vec![0u8; 65536]; UDP_BATCH];
         let mut meta = vec![RecvMeta::default(); bufs.len()];
         let mut batch = Batch::default();
+        let mut out = TunWriter::default();
         while !self.stopped() {
             let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
@@ -223,12 +235,13 @@ impl Engine {
                 }
             }
             drop(st);
-            self.flush(&mut batch);
+            self.flush(&mut batch, &mut out);
         }
     }
 
     fn timer_loop(&self) {
         let mut batch = Batch::default();
+        let mut out = TunWriter::default();
         while !self.stopped() {
             let clock = now();
             let next = {
@@ -236,7 +249,7 @@ impl Engine {
                 st.dev.poll(clock, &mut batch);
                 st.dev.next_deadline()
             };
-            self.flush(&mut batch);
+            self.flush(&mut batch, &mut out);
             let wait = next.map_or(TICK, |d| d.saturating_sub(clock.mono).min(TICK));
             std::thread::sleep(wait.max(Duration::from_millis(1)));
         }
@@ -245,6 +258,7 @@ impl Engine {
     /// Follows the interface: gone → stop; up/down → bind/unbind; MTU → padding bound.
     fn monitor(&self) {
         let mut batch = Batch::default();
+        let mut out = TunWriter::default();
         while !self.stopped() {
             let Some(flags) = link_flags(&self.name) else {
                 tracing::info!(interface = %self.name, "interface deleted; exiting");
@@ -271,7 +285,7 @@ impl Engine {
                 tracing::info!(interface = %self.name, up, "link state");
             }
             drop(st);
-            self.flush(&mut batch);
+            self.flush(&mut batch, &mut out);
             std::thread::sleep(TICK);
         }
     }
@@ -341,8 +355,38 @@ impl Engine {
         }
         uapi::apply(&mut st.dev, req, clock, &mut batch);
         drop(st);
-        self.flush(&mut batch);
+        self.flush(&mut batch, &mut TunWriter::default());
         0
+    }
+}
+
+/// Writes decrypted packets to the TUN, coalescing TCP/UDP segments of a flow (GRO) when the
+/// device has offloads; buffers and the GRO table are reused.
+#[derive(Default)]
+struct TunWriter {
+    bufs: Vec<Vec<u8>>,
+    gro: tun_rs::GROTable,
+}
+
+impl TunWriter {
+    fn write(&mut self, tun: &SyncDevice, batch: &Batch) {
+        let mut n = 0;
+        for p in batch.delivers() {
+            if self.bufs.len() == n {
+                self.bufs.push(Vec::with_capacity(TUN_OFFSET + 65536));
+            }
+            let b = &mut self.bufs[n];
+            b.clear();
+            b.resize(TUN_OFFSET, 0);
+            b.extend_from_slice(p);
+            n += 1;
+        }
+        if n > 0 {
+            // A full TUN queue drops, as a NIC would.
+            if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..n], TUN_OFFSET) {
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+        }
     }
 }
 
