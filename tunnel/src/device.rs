@@ -524,7 +524,8 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if sent_any {
             peer.timers.any_authenticated_packet_traversal(now.mono);
             peer.timers.any_authenticated_packet_sent();
-            if sent_data {
+            // Only draw jitter when the timer is actually armed: no RNG call per packet.
+            if sent_data && !peer.timers.pending(Timer::NewHandshake) {
                 peer.timers.data_sent(now.mono, jitter(&mut self.rng));
             }
         }

@@ -4,7 +4,6 @@ use crate::crypto::{self, TAG_LEN};
 use crate::messages::{self as msg, data};
 use crate::noise::Session;
 use crate::replay::{Replay, REJECT_AFTER_MESSAGES};
-use chacha20poly1305::ChaCha20Poly1305;
 use std::time::Duration;
 
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
@@ -12,8 +11,8 @@ pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 pub struct Keypair {
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: crypto::Aead,
+    recv: crypto::Aead,
     pub send_counter: u64,
     /// Cleared when our private key changes or the counter runs out.
     pub send_valid: bool,
