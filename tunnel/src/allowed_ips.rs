@@ -158,20 +158,23 @@ pub fn canonical(ip: IpAddr, cidr: u8) -> Option<(IpAddr, u8)> {
     }
 }
 
-#[derive(Clone)]
 pub struct AllowedIps<T> {
     v4: Trie<T>,
     v6: Trie<T>,
+    /// The last lookup: a batch is mostly one flow, so most lookups repeat it.
+    last: std::cell::Cell<Option<(IpAddr, Option<T>)>>,
 }
 
 impl<T: Copy + PartialEq> Default for AllowedIps<T> {
     fn default() -> Self {
-        Self { v4: Trie::new(32), v6: Trie::new(128) }
+        Self { v4: Trie::new(32), v6: Trie::new(128), last: std::cell::Cell::new(None) }
     }
 }
 
 impl<T: Copy + PartialEq> AllowedIps<T> {
     fn trie(&mut self, ip: IpAddr) -> (&mut Trie<T>, u128) {
+        // Every mutation goes through here: forget the cached lookup.
+        self.last.set(None);
         match ip {
             IpAddr::V4(a) => (&mut self.v4, u32::from(a) as u128),
             IpAddr::V6(a) => (&mut self.v6, u128::from(a)),
@@ -203,16 +206,24 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
 
     /// Removes every prefix owned by `value`.
     pub fn remove_all(&mut self, value: T) {
+        self.last.set(None);
         self.v4.remove_value(value);
         self.v6.remove_value(value);
     }
 
     /// Longest-prefix match.
     pub fn lookup(&self, ip: IpAddr) -> Option<T> {
-        match ip {
+        if let Some((last, v)) = self.last.get() {
+            if last == ip {
+                return v;
+            }
+        }
+        let v = match ip {
             IpAddr::V4(a) => self.v4.lookup(u32::from(a) as u128),
             IpAddr::V6(a) => self.v6.lookup(u128::from(a)),
-        }
+        };
+        self.last.set(Some((ip, v)));
+        v
     }
 
     /// Every prefix with its owner: IPv4 first, each family in address order.
