@@ -439,3 +439,66 @@ fn clear_errors_and_exit_codes() {
     assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
     drop(blocker);
 }
+
+/// A deterministic byte stream and its running digest (FNV-1a over 64-bit words).
+fn stream_digest(len: usize, mut sink: impl FnMut(&[u8])) -> (usize, u64) {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        for w in chunk[..n].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+        }
+        sink(&chunk[..n]);
+        for b in &chunk[..n] {
+            h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+        }
+        sent += n;
+    }
+    (sent, h)
+}
+
+fn big_transfer(p: &Pair, from: usize, to_addr: &'static str, len: usize) {
+    let server_ns = p.ns[1 - from].clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_ns(&server_ns, move || {
+            let l = TcpListener::bind((to_addr, 5202)).expect("listen");
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().expect("accept");
+            let mut h: u64 = 0xcbf29ce484222325;
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = s.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                for b in &buf[..n] {
+                    h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+                }
+                total += n;
+            }
+            (total, h)
+        })
+    });
+    rx.recv().unwrap();
+    let sent = in_ns(&p.ns[from], move || {
+        let mut s = TcpStream::connect((to_addr, 5202)).expect("connect");
+        stream_digest(len, |c| s.write_all(c).expect("write"))
+    });
+    assert_eq!(server.join().unwrap(), sent, "length and digest must match end to end");
+}
+
+#[test]
+fn hundreds_of_megabytes_checked_across_ours_and_wireguard_go() {
+    let p = pair(Impl::Ours, Impl::WireguardGo, false);
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1));
+    big_transfer(&p, 0, "192.168.241.2", 256 << 20);
+    big_transfer(&p, 1, "192.168.241.1", 256 << 20);
+}
