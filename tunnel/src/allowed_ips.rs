@@ -192,16 +192,15 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
     /// Removes `ip/cidr` only if `value` owns it (UAPI `allowed_ip=-…`).
     pub fn remove(&mut self, ip: IpAddr, cidr: u8, value: T) -> bool {
         let (trie, key) = self.trie(ip);
+        // Only the top `len` bits are walked, so host bits need no masking.
         let len = cidr.min(trie.bits);
-        let mask = if len == 0 { 0 } else { (u128::MAX >> (128 - trie.bits)) & !((1u128 << (trie.bits - len)) - 1) };
-        trie.remove(key & mask, len, Some(value))
+        trie.remove(key, len, Some(value))
     }
 
     pub fn get(&mut self, ip: IpAddr, cidr: u8) -> Option<T> {
         let (trie, key) = self.trie(ip);
         let len = cidr.min(trie.bits);
-        let mask = if len == 0 { 0 } else { (u128::MAX >> (128 - trie.bits)) & !((1u128 << (trie.bits - len)) - 1) };
-        trie.get(key & mask, len)
+        trie.get(key, len)
     }
 
     /// Removes every prefix owned by `value`.
