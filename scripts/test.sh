@@ -14,10 +14,11 @@ if [ "$fuzz_seconds" != 0 ]; then
     echo "cargo-fuzz is missing: run 'cargo install cargo-fuzz' (or set FUZZ_SECONDS=0)" >&2
     exit 1
   fi
-  for target in message_parser receive_path uapi_parser; do
-    echo "-- $target"
-    # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets this stable toolchain use them.
-    (cd tunnel/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" 2>&1 | tail -n 3)
+  # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets this stable toolchain use them.
+  for spec in tunnel:message_parser tunnel:receive_path tunnel:uapi_parser cni:config_parser; do
+    crate="${spec%%:*}" target="${spec#*:}"
+    echo "-- $crate/$target"
+    (cd "$crate/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" 2>&1 | tail -n 3)
   done
 fi
 echo "== all tests passed"
