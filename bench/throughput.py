@@ -67,6 +67,26 @@ def setup(mode, ours_bin):
     return ["10.89.0.2"]
 
 
+def engine_cpu(ns):
+    """CPU seconds (user + system) used so far by the processes in a namespace's engine."""
+    total = 0
+    for pid in sh(f"ip netns pids {ns}", check=False).split():
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            if comm in ("iperf3", "ping"):
+                continue
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def udp_rcvbuf_errors(ns):
+    lines = [l.split() for l in sh(f"ip netns exec {ns} cat /proc/net/snmp").splitlines() if l.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
 def measure(dst, seconds):
     out = {}
     sh(f"ip netns exec {NS[1]} iperf3 -s -D -1 -p 5201 --logfile /dev/null")
@@ -75,9 +95,18 @@ def measure(dst, seconds):
         sh(f"ip netns exec {NS[1]} pkill -x iperf3", check=False)
         sh(f"ip netns exec {NS[1]} iperf3 -s -D -p 5201 --logfile /dev/null")
         time.sleep(0.3)
+        cpu0 = [engine_cpu(ns) for ns in NS]
+        drops0 = udp_rcvbuf_errors(NS[1])
+        t0 = time.time()
         r = json.loads(sh(f"ip netns exec {NS[0]} iperf3 -c {dst} -p 5201 -t {seconds} -P {streams} -J", check=False) or "{}")
+        wall = time.time() - t0
         bps = r.get("end", {}).get("sum_received", {}).get("bits_per_second", 0.0)
         out[f"tcp{streams}"] = bps / 1e9
+        if streams == 1:
+            # Cores used by each engine per Gbit/s carried, and datagrams the receiver's socket dropped.
+            cores = [(engine_cpu(ns) - c) / wall for ns, c in zip(NS, cpu0)]
+            out["cpu_per_gbit"] = max(cores) / out["tcp1"] if out["tcp1"] > 0 else float("nan")
+            out["drops"] = udp_rcvbuf_errors(NS[1]) - drops0
     sh(f"ip netns exec {NS[1]} pkill -x iperf3", check=False)
     ping = sh(f"ip netns exec {NS[0]} ping -c 20 -i 0.05 -q {dst}", check=False)
     rtt = [l for l in ping.splitlines() if "rtt" in l]
@@ -104,19 +133,22 @@ def main():
                 dst = setup(m, a.bin)
                 r = measure(dst[0], a.seconds)
                 results[m].append(r)
-                print(f"rep {rep+1}/{a.reps} {m:10s} tcp1 {r['tcp1']:.2f} Gbit/s  tcp4 {r['tcp4']:.2f} Gbit/s  rtt {r['rtt_ms']:.3f} ms", file=sys.stderr, flush=True)
+                print(f"rep {rep+1}/{a.reps} {m:10s} tcp1 {r['tcp1']:.2f} Gbit/s  tcp4 {r['tcp4']:.2f} Gbit/s  rtt {r['rtt_ms']:.3f} ms  "
+                      f"cpu {r['cpu_per_gbit']:.2f} cores/Gbit  drops {r['drops']}", file=sys.stderr, flush=True)
     finally:
         cleanup()
-    med = {m: {k: statistics.median(x[k] for x in v) for k in ("tcp1", "tcp4", "rtt_ms")} for m, v in results.items()}
+    keys = ("tcp1", "tcp4", "rtt_ms", "cpu_per_gbit", "drops")
+    med = {m: {k: statistics.median(x[k] for x in v) for k in keys} for m, v in results.items()}
     print(f"\nMedians of {a.reps} interleaved runs, {a.seconds} s each (`bench/throughput.py --reps {a.reps} --seconds {a.seconds}`):\n")
-    print("| mode | TCP 1 stream (Gbit/s) | TCP 4 streams (Gbit/s) | ping RTT (ms) | ours ÷ this (1 / 4 streams) |")
-    print("|---|---|---|---|---|")
+    print("| mode | TCP 1 stream (Gbit/s) | TCP 4 streams (Gbit/s) | ping RTT (ms) | busiest engine, cores per Gbit/s | receiver socket drops | ours ÷ this (1 / 4 streams) |")
+    print("|---|---|---|---|---|---|---|")
     for m in modes:
         r = med[m]
         ratio = ""
         if "ours" in med and m != "ours" and r["tcp1"] > 0 and r["tcp4"] > 0:
             ratio = f"{med['ours']['tcp1'] / r['tcp1']:.2f}× / {med['ours']['tcp4'] / r['tcp4']:.2f}×"
-        print(f"| {m} | {r['tcp1']:.2f} | {r['tcp4']:.2f} | {r['rtt_ms']:.3f} | {ratio} |")
+        cpu = "n/a" if m == "veth" else f"{r['cpu_per_gbit']:.2f}"
+        print(f"| {m} | {r['tcp1']:.2f} | {r['tcp4']:.2f} | {r['rtt_ms']:.3f} | {cpu} | {r['drops']:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
