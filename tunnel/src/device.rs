@@ -6,7 +6,8 @@ use crate::allowed_ips::AllowedIps;
 use crate::cookie::CookieChecker;
 use crate::index::{Entry, IndexTable, PeerId};
 use crate::ip;
-use crate::keypair::{Keypair, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
+use crate::crypto::Aead;
+use crate::keypair::{open_data, seal_data, Keypair, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::messages::{self as msg, Kind};
 use crate::noise::{Handshake, Identity, Session};
@@ -16,6 +17,7 @@ use crate::timers::{Timer, JITTER_MAX_MS, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKE
 use rand_core::{CryptoRng, OsRng, RngCore};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The two clocks the protocol needs: monotonic (boottime) for every timer, and the wall
@@ -33,12 +35,38 @@ impl Clock {
     }
 }
 
+/// A data message the core has routed, numbered and padded; only the sealing is left.
+pub struct SealJob<'a> {
+    pub key: &'a Arc<Aead>,
+    pub receiver: u32,
+    pub counter: u64,
+    pub plaintext: &'a [u8],
+    /// Plaintext length after zero padding.
+    pub padded: usize,
+}
+
 /// Where the device puts what it produces.
 pub trait Output {
     /// Send one WireGuard datagram to `to`.
     fn send(&mut self, to: SocketAddr, datagram: &[u8]);
     /// Hand one decrypted inner IP packet to the TUN.
     fn deliver(&mut self, packet: &[u8]);
+    /// Send a data message. This seals at once; a shell may override it to seal later, outside
+    /// its lock or on another core: counter, key and padding are already fixed.
+    fn send_data(&mut self, to: SocketAddr, job: SealJob<'_>) {
+        let mut buf = vec![0u8; msg::DATA_OVERHEAD + job.padded];
+        buf[msg::DATA_HEADER_LEN..msg::DATA_HEADER_LEN + job.plaintext.len()].copy_from_slice(job.plaintext);
+        let n = seal_data(job.key, job.receiver, job.counter, &mut buf, job.padded);
+        self.send(to, &buf[..n]);
+    }
+}
+
+/// A data message whose keypair checks passed; open it (anywhere), then `finish_data`.
+pub struct OpenJob {
+    pub key: Arc<Aead>,
+    pub counter: u64,
+    peer: PeerId,
+    local: u32,
 }
 
 /// What became of one input; drops say why, for counters and debug logs.
@@ -106,7 +134,6 @@ pub struct Device<R: RngCore + CryptoRng = OsRng> {
     rng: R,
     mtu: usize,
     up: bool,
-    scratch: Box<[u8]>,
 }
 
 impl Default for Device<OsRng> {
@@ -146,7 +173,6 @@ impl<R: RngCore + CryptoRng> Device<R> {
             rng,
             mtu: DEFAULT_MTU,
             up: false,
-            scratch: vec![0u8; MAX_PACKET + 64].into_boxed_slice(),
         }
     }
 
@@ -324,7 +350,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if !self.up {
             return Outcome::Dropped(Drop::DeviceDown);
         }
-        if packet.len() > self.scratch.len() - 64 {
+        if packet.len() > MAX_PACKET {
             return Outcome::Dropped(Drop::TooLarge);
         }
         let Some(dst) = ip::destination(packet) else { return Outcome::Dropped(Drop::InvalidInnerPacket) };
@@ -469,17 +495,15 @@ impl<R: RngCore + CryptoRng> Device<R> {
         self.emit(peer, &m, out);
     }
 
-    /// Seals one inner packet (possibly empty: a keepalive) under the current keypair.
+    /// Numbers one inner packet (possibly empty: a keepalive) under the current keypair and
+    /// hands it out for sealing.
     fn seal_and_send(&mut self, peer: &mut Peer, packet: &[u8], out: &mut impl Output) -> bool {
         let Some(kp) = peer.keypairs.current.as_deref_mut() else { return false };
+        let Some(counter) = kp.next_counter() else { return false };
         let padded = padded_len(packet.len(), self.mtu);
-        let body = &mut self.scratch[msg::DATA_HEADER_LEN..];
-        body[..packet.len()].copy_from_slice(packet);
-        body[packet.len()..padded].fill(0);
-        let Some(n) = kp.seal(&mut self.scratch, padded) else { return false };
         if let Some(to) = peer.endpoint {
-            out.send(to, &self.scratch[..n]);
-            peer.tx_bytes += n as u64;
+            out.send_data(to, SealJob { key: kp.send_key(), receiver: kp.remote_index, counter, plaintext: packet, padded });
+            peer.tx_bytes += (msg::DATA_OVERHEAD + padded) as u64;
         }
         true
     }
@@ -694,24 +718,48 @@ impl<R: RngCore + CryptoRng> Device<R> {
     /// Transport data, in the kernel's order: keypair, decrypt, replay, key confirmation,
     /// roaming, timers, keepalive check, inner length, source check, deliver.
     fn receive_data(&mut self, from: SocketAddr, d: &mut [u8], now: Clock, out: &mut impl Output) -> Outcome {
-        let Some(Entry::Keypair(id)) = self.index.get(msg::u32_at(d, msg::data::RECEIVER)) else {
-            return Outcome::Dropped(Drop::UnknownIndex);
+        let job = match self.begin_data(d, now) {
+            Ok(j) => j,
+            Err(o) => return o,
         };
+        if !open_data(&job.key, job.counter, d) {
+            return Outcome::Dropped(Drop::InvalidAuthentication);
+        }
+        self.finish_data(from, &job, d, now, out)
+    }
+
+    /// The checks before decryption: a live keypair for the index, not expired, counter not
+    /// already seen. Read-only, so unauthenticated input changes nothing.
+    pub fn begin_data(&self, d: &[u8], now: Clock) -> Result<OpenJob, Outcome> {
+        if !self.up {
+            return Err(Outcome::Dropped(Drop::DeviceDown));
+        }
         let local = msg::u32_at(d, msg::data::RECEIVER);
+        let Some(Entry::Keypair(id)) = self.index.get(local) else { return Err(Outcome::Dropped(Drop::UnknownIndex)) };
+        let peer = self.peer(id).ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
+        let kp = [&peer.keypairs.current, &peer.keypairs.previous, &peer.keypairs.next]
+            .into_iter()
+            .flatten()
+            .find(|k| k.local_index == local)
+            .ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
+        if !kp.can_receive(now.mono) {
+            return Err(Outcome::Dropped(Drop::KeypairExpired));
+        }
+        let counter = msg::u64_at(d, msg::data::COUNTER);
+        // A read-only pre-check, so replayed packets cost no decryption.
+        if !kp.replay.would_accept(counter) {
+            return Err(Outcome::Dropped(Drop::Replay));
+        }
+        Ok(OpenJob { key: kp.recv_key().clone(), counter, peer: id, local })
+    }
+
+    /// Everything after a successful decryption of `d` in place (see `begin_data`).
+    pub fn finish_data(&mut self, from: SocketAddr, job: &OpenJob, d: &[u8], now: Clock, out: &mut impl Output) -> Outcome {
+        let id = job.peer;
         self.with_peer(id, |dev, peer| {
-            let Some((slot, kp)) = peer.keypairs.find(local) else { return Outcome::Dropped(Drop::UnknownIndex) };
-            if !kp.can_receive(now.mono) {
-                return Outcome::Dropped(Drop::KeypairExpired);
-            }
-            let counter = msg::u64_at(d, msg::data::COUNTER);
-            // A read-only pre-check, so replayed packets cost no decryption.
-            if !kp.replay.would_accept(counter) {
-                return Outcome::Dropped(Drop::Replay);
-            }
-            if !kp.open(d, counter) {
-                return Outcome::Dropped(Drop::InvalidAuthentication);
-            }
-            if !kp.replay.accept(counter) {
+            // The keypair may have been replaced while the packet was being opened.
+            let Some((slot, kp)) = peer.keypairs.find(job.local) else { return Outcome::Dropped(Drop::UnknownIndex) };
+            if !kp.replay.accept(job.counter) {
                 return Outcome::Dropped(Drop::Replay);
             }
             // Authenticated from here on.

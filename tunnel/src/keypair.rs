@@ -4,6 +4,7 @@ use crate::crypto::{self, TAG_LEN};
 use crate::messages::{self as msg, data};
 use crate::noise::Session;
 use crate::replay::{Replay, REJECT_AFTER_MESSAGES};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
@@ -11,8 +12,8 @@ pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 pub struct Keypair {
-    send: crypto::Aead,
-    recv: crypto::Aead,
+    send: Arc<crypto::Aead>,
+    recv: Arc<crypto::Aead>,
     pub send_counter: u64,
     /// Cleared when our private key changes or the counter runs out.
     pub send_valid: bool,
@@ -26,8 +27,8 @@ pub struct Keypair {
 impl Keypair {
     pub fn new(s: &Session, local_index: u32, now: Duration) -> Self {
         Self {
-            send: crypto::cipher(&s.send),
-            recv: crypto::cipher(&s.recv),
+            send: Arc::new(crypto::cipher(&s.send)),
+            recv: Arc::new(crypto::cipher(&s.recv)),
             send_counter: 0,
             send_valid: true,
             replay: Replay::default(),
@@ -46,27 +47,52 @@ impl Keypair {
         now < self.birth + REJECT_AFTER_TIME && !self.replay.exhausted()
     }
 
-    /// Seals `buf[16..16 + padded_len]` in place behind a data header; returns the datagram
-    /// length, or `None` when the counter is exhausted (the keypair is then unusable).
-    pub fn seal(&mut self, buf: &mut [u8], padded_len: usize) -> Option<usize> {
+    /// Takes the next send counter, or `None` once it is exhausted (the keypair is then dead).
+    pub fn next_counter(&mut self) -> Option<u64> {
         let counter = self.send_counter;
         if counter >= REJECT_AFTER_MESSAGES {
             self.send_valid = false;
             return None;
         }
         self.send_counter += 1;
-        let end = msg::DATA_HEADER_LEN + padded_len + TAG_LEN;
-        msg::put_u32(buf, 0, msg::DATA);
-        msg::put_u32(buf, data::RECEIVER, self.remote_index);
-        msg::put_u64(buf, data::COUNTER, counter);
-        crypto::seal_with(&self.send, counter, &[], &mut buf[msg::DATA_HEADER_LEN..end]);
-        Some(end)
+        Some(counter)
+    }
+
+    pub fn send_key(&self) -> &Arc<crypto::Aead> {
+        &self.send
+    }
+
+    pub fn recv_key(&self) -> &Arc<crypto::Aead> {
+        &self.recv
+    }
+
+    /// Seals `buf[16..16 + padded_len]` in place behind a data header; returns the datagram
+    /// length, or `None` when the counter is exhausted (the keypair is then unusable).
+    pub fn seal(&mut self, buf: &mut [u8], padded_len: usize) -> Option<usize> {
+        let counter = self.next_counter()?;
+        Some(seal_data(&self.send, self.remote_index, counter, buf, padded_len))
     }
 
     /// Opens a data message in place; the caller updates the replay window afterwards.
     pub fn open(&self, datagram: &mut [u8], counter: u64) -> bool {
-        crypto::open_with(&self.recv, counter, &[], &mut datagram[msg::DATA_HEADER_LEN..])
+        open_data(&self.recv, counter, datagram)
     }
+}
+
+/// Writes the data header and seals `buf[16..16 + padded_len]` (whitepaper §5.4.6); returns the
+/// datagram length. Needs no keypair state, so it can run outside any lock.
+pub fn seal_data(key: &crypto::Aead, receiver: u32, counter: u64, buf: &mut [u8], padded_len: usize) -> usize {
+    let end = msg::DATA_HEADER_LEN + padded_len + TAG_LEN;
+    msg::put_u32(buf, 0, msg::DATA);
+    msg::put_u32(buf, data::RECEIVER, receiver);
+    msg::put_u64(buf, data::COUNTER, counter);
+    crypto::seal_with(key, counter, &[], &mut buf[msg::DATA_HEADER_LEN..end]);
+    end
+}
+
+/// Opens a whole data message in place: the plaintext is `datagram[16..len - 16]`.
+pub fn open_data(key: &crypto::Aead, counter: u64, datagram: &mut [u8]) -> bool {
+    crypto::open_with(key, counter, &[], &mut datagram[msg::DATA_HEADER_LEN..])
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

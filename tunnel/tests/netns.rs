@@ -382,27 +382,29 @@ fn allowed_ip_removal_of_one_prefix_over_raw_uapi() {
         raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let mut s = std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{i}.sock")).unwrap();
+    // Replies end with a blank line; they may arrive in several reads.
+    fn reply(s: &mut std::os::unix::net::UnixStream) -> String {
+        let mut resp = String::new();
+        let mut chunk = [0u8; 4096];
+        while !resp.ends_with("\n\n") {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed mid-reply: {resp:?}");
+            resp.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+        resp
+    }
     write!(s, "set=1\npublic_key={hex}\nallowed_ip=-10.0.0.3/32\nallowed_ip=-10.0.0.7/32\nallowed_ip=-10.9.9.9/32\n\n").unwrap();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"errno=0\n\n");
+    assert_eq!(reply(&mut s), "errno=0\n\n");
     // A second operation on the same connection works too.
     write!(s, "get=1\n\n").unwrap();
-    let mut resp = String::new();
-    let mut chunk = [0u8; 4096];
-    while !resp.ends_with("\n\n") {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0);
-        resp.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
-    }
+    let resp = reply(&mut s);
     assert!(resp.ends_with("errno=0\n\n"));
     let left: Vec<&str> = resp.lines().filter_map(|l| l.strip_prefix("allowed_ip=")).collect();
     assert_eq!(left.len(), 18);
     assert!(!left.contains(&"10.0.0.3/32") && !left.contains(&"10.0.0.7/32"));
     // An unknown key is refused with -EINVAL and nothing changes.
     write!(s, "set=1\npublic_key={hex}\nallowed_ip=-10.0.0.4/32\nbogus=1\n\n").unwrap();
-    let n = s.read(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"errno=-22\n\n");
+    assert_eq!(reply(&mut s), "errno=-22\n\n");
     let ips_now = lab.exec_ok(&ns, &["wg", "show", &i, "allowed-ips"]);
     assert!(ips_now.contains("10.0.0.4/32"));
     // A probe that connects and sends nothing is harmless.

@@ -1,15 +1,29 @@
 //! What the core produces while the device lock is held, sent once it is released. One arena
 //! reused across iterations: no allocation per packet once warm.
 
-use crate::device::Output;
+use crate::crypto::Aead;
+use crate::device::{Output, SealJob};
+use crate::keypair::seal_data;
+use crate::messages::{DATA_HEADER_LEN, DATA_OVERHEAD};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
+
+/// A data message laid out in the arena, waiting to be sealed outside the device lock.
+struct Unsealed {
+    start: usize,
+    key: Arc<Aead>,
+    receiver: u32,
+    counter: u64,
+    padded: usize,
+}
 
 #[derive(Default)]
 pub struct Batch {
     bytes: Vec<u8>,
     sends: Vec<(SocketAddr, Range<usize>)>,
     delivers: Vec<Range<usize>>,
+    unsealed: Vec<Unsealed>,
 }
 
 impl Output for Batch {
@@ -23,9 +37,25 @@ impl Output for Batch {
         self.bytes.extend_from_slice(packet);
         self.delivers.push(start..self.bytes.len());
     }
+    fn send_data(&mut self, to: SocketAddr, job: SealJob<'_>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&[0u8; DATA_HEADER_LEN]);
+        self.bytes.extend_from_slice(job.plaintext);
+        // Zero padding, then room for the tag.
+        self.bytes.resize(start + DATA_OVERHEAD + job.padded, 0);
+        self.sends.push((to, start..self.bytes.len()));
+        let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
+        self.unsealed.push(Unsealed { start, key, receiver, counter, padded });
+    }
 }
 
 impl Batch {
+    /// Seals every data message the core numbered; call after releasing the device lock.
+    pub fn seal_pending(&mut self) {
+        for u in self.unsealed.drain(..) {
+            seal_data(&u.key, u.receiver, u.counter, &mut self.bytes[u.start..], u.padded);
+        }
+    }
     pub fn sends(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.sends.iter().map(|(a, r)| (*a, &self.bytes[r.clone()]))
     }
@@ -61,6 +91,7 @@ impl Batch {
         self.sends.is_empty() && self.delivers.is_empty()
     }
     pub fn clear(&mut self) {
+        self.unsealed.clear();
         self.bytes.clear();
         self.sends.clear();
         self.delivers.clear();

@@ -74,7 +74,8 @@ fn handle(engine: &Engine, stream: UnixStream) -> io::Result<()> {
                     lines.push(line.trim_end_matches('\n').to_string());
                 }
                 let errno = engine.uapi_set(lines.iter().map(String::as_str));
-                write!(w, "errno={errno}\n\n")?;
+                // One write, so a client never sees half a reply.
+                w.write_all(format!("errno={errno}\n\n").as_bytes())?;
             }
             "" => {}
             _ => {

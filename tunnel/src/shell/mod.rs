@@ -143,6 +143,7 @@ impl Engine {
         if batch.is_empty() {
             return;
         }
+        batch.seal_pending();
         out.write(&self.tun, batch);
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(bind) = bind {
@@ -200,6 +201,9 @@ impl Engine {
         let mut meta = vec![RecvMeta::default(); bufs.len()];
         let mut batch = Batch::default();
         let mut out = TunWriter::default();
+        // (buffer, offset, length, source) of every datagram in a receive batch, and its check.
+        let mut segs: Vec<(usize, usize, usize, std::net::SocketAddr)> = Vec::with_capacity(BATCH * 64);
+        let mut jobs: Vec<Option<Result<crate::device::OpenJob, crate::device::Outcome>>> = Vec::with_capacity(BATCH * 64);
         while !self.stopped() {
             let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
@@ -225,13 +229,40 @@ impl Engine {
                 }
             };
             drop(bind);
-            let clock = now();
-            let mut st = self.lock();
-            for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
-                // With GRO one buffer holds several datagrams of `stride` bytes each.
+            // With GRO one buffer holds several datagrams of `stride` bytes each.
+            segs.clear();
+            for (i, m) in meta.iter().enumerate().take(n) {
                 let stride = m.stride.max(1);
-                for d in buf[..m.len].chunks_mut(stride) {
-                    st.dev.handle_udp(m.addr, d, clock, &mut batch);
+                segs.extend((0..m.len).step_by(stride).map(|o| (i, o, stride.min(m.len - o), m.addr)));
+            }
+            // Three steps, so the AEAD runs outside the device lock: check, open, finish in order.
+            let clock = now();
+            jobs.clear();
+            {
+                let st = self.lock();
+                for &(i, o, len, _) in &segs {
+                    let d = &bufs[i][o..o + len];
+                    jobs.push(if crate::messages::classify(d) == Some(crate::messages::Kind::Data) { Some(st.dev.begin_data(d, clock)) } else { None });
+                }
+            }
+            for (&(i, o, len, _), job) in segs.iter().zip(jobs.iter_mut()) {
+                if let Some(Ok(j)) = job {
+                    if !crate::keypair::open_data(&j.key, j.counter, &mut bufs[i][o..o + len]) {
+                        *job = Some(Err(crate::device::Outcome::Dropped(crate::device::Drop::InvalidAuthentication)));
+                    }
+                }
+            }
+            let mut st = self.lock();
+            for (&(i, o, len, from), job) in segs.iter().zip(&jobs) {
+                let d = &mut bufs[i][o..o + len];
+                match job {
+                    None => {
+                        st.dev.handle_udp(from, d, clock, &mut batch);
+                    }
+                    Some(Ok(j)) => {
+                        st.dev.finish_data(from, j, d, clock, &mut batch);
+                    }
+                    Some(Err(_)) => {}
                 }
             }
             drop(st);
