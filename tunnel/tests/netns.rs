@@ -498,6 +498,15 @@ fn big_transfer(p: &Pair, from: usize, to_addr: &'static str, len: usize) {
 }
 
 #[test]
+fn parallel_crypto_keeps_bytes_and_order() {
+    // Sealing and opening spread over two threads: a checked transfer both ways.
+    let p = pair_env(Impl::Ours, Impl::Ours, false, &[("WGMESH_CRYPTO_THREADS", "2")]);
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1));
+    big_transfer(&p, 0, "192.168.241.2", 64 << 20);
+    big_transfer(&p, 1, "192.168.241.1", 64 << 20);
+}
+
+#[test]
 fn hundreds_of_megabytes_checked_across_ours_and_wireguard_go() {
     let p = pair(Impl::Ours, Impl::WireguardGo, false);
     assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1));

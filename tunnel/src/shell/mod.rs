@@ -245,13 +245,7 @@ impl Engine {
                     jobs.push(if crate::messages::classify(d) == Some(crate::messages::Kind::Data) { Some(st.dev.begin_data(d, clock)) } else { None });
                 }
             }
-            for (&(i, o, len, _), job) in segs.iter().zip(jobs.iter_mut()) {
-                if let Some(Ok(j)) = job {
-                    if !crate::keypair::open_data(&j.key, j.counter, &mut bufs[i][o..o + len]) {
-                        *job = Some(Err(crate::device::Outcome::Dropped(crate::device::Drop::InvalidAuthentication)));
-                    }
-                }
-            }
+            open_all(&mut bufs, &segs, &mut jobs);
             let mut st = self.lock();
             for (&(i, o, len, from), job) in segs.iter().zip(&jobs) {
                 let d = &mut bufs[i][o..o + len];
@@ -388,6 +382,41 @@ impl Engine {
         drop(st);
         self.flush(&mut batch, &mut TunWriter::default());
         0
+    }
+}
+
+type Check = Option<Result<crate::device::OpenJob, crate::device::Outcome>>;
+
+/// Opens every data message of a receive batch in place, on all cores when the batch is big.
+fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, std::net::SocketAddr)], jobs: &mut [Check]) {
+    let bytes: usize = segs.iter().map(|s| s.2).sum();
+    let open = |(d, job): (&mut [u8], &mut Check)| {
+        if let Some(Ok(j)) = job {
+            if !crate::keypair::open_data(&j.key, j.counter, d) {
+                *job = Some(Err(crate::device::Outcome::Dropped(crate::device::Drop::InvalidAuthentication)));
+            }
+        }
+    };
+    // Segments are in buffer order and never overlap: carve them out as disjoint slices.
+    let mut slices: Vec<&mut [u8]> = Vec::with_capacity(segs.len());
+    let mut iter = bufs.iter_mut().enumerate();
+    let mut current: Option<(usize, &mut [u8], usize)> = None;
+    for &(i, o, len, _) in segs {
+        while current.as_ref().is_none_or(|c| c.0 != i) {
+            let Some((bi, b)) = iter.next() else { return };
+            current = Some((bi, &mut b[..], 0));
+        }
+        let Some((bi, buf, at)) = current.take() else { return };
+        let (_, tail) = buf.split_at_mut(o - at);
+        let (seg, tail) = tail.split_at_mut(len);
+        slices.push(seg);
+        current = Some((bi, tail, o + len));
+    }
+    if bytes >= batch::PARALLEL_MIN_BYTES && batch::parallel_crypto() {
+        use rayon::prelude::*;
+        slices.into_par_iter().zip(jobs.par_iter_mut()).with_min_len(4).for_each(open);
+    } else {
+        slices.into_iter().zip(jobs.iter_mut()).for_each(open);
     }
 }
 

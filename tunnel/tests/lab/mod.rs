@@ -111,12 +111,16 @@ impl Lab {
 
     /// Starts an engine for interface `name` in `ns` (daemonizing, as wg-quick would).
     pub fn engine(&mut self, ns: &str, which: Impl, tag: &str) -> String {
+        self.engine_env(ns, which, tag, &[])
+    }
+
+    pub fn engine_env(&mut self, ns: &str, which: Impl, tag: &str, env: &[(&str, &str)]) -> String {
         let name = format!("wg{}{}", self.id, tag);
         let bin = match which {
             Impl::Ours => OURS,
             Impl::WireguardGo => "wireguard-go",
         };
-        let out = Command::new("ip").args(["netns", "exec", ns, bin, &name]).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1").output().expect("start engine");
+        let out = Command::new("ip").args(["netns", "exec", ns, bin, &name]).envs(env.iter().copied()).output().expect("start engine");
         assert!(out.status.success(), "{bin} {name}: {}", String::from_utf8_lossy(&out.stderr));
         self.ifaces.push((ns.to_string(), name.clone()));
         name
@@ -211,14 +215,19 @@ pub struct Pair {
 }
 
 pub fn pair(a: Impl, b: Impl, outer6: bool) -> Pair {
+    pair_env(a, b, outer6, &[])
+}
+
+/// As `pair`, with extra environment for the engines (e.g. WGMESH_CRYPTO_THREADS).
+pub fn pair_env(a: Impl, b: Impl, outer6: bool, env: &[(&str, &str)]) -> Pair {
     let mut lab = Lab::new();
     let n1 = lab.ns("a");
     let n2 = lab.ns("b");
     // Addresses live inside the test's own namespaces, so every test can use the same ones.
     let net = 77;
     let veth = lab.link(&n1, &n2, net);
-    let i1 = lab.engine(&n1, a, "a");
-    let i2 = lab.engine(&n2, b, "b");
+    let i1 = lab.engine_env(&n1, a, "a", env);
+    let i2 = lab.engine_env(&n2, b, "b", env);
     let keys = [genkey(), genkey()];
     let ports = [51001, 51002];
     let ep = |host: u8, port: u16| if outer6 { format!("[fd{net:02x}::{host}]:{port}") } else { format!("10.{net}.0.{host}:{port}") };
