@@ -276,9 +276,17 @@ mod tests {
 
     #[test]
     fn order_is_v4_first_then_address_then_prefix() {
-        let mut v = vec![c("fd00::/64"), c("10.0.1.0/24"), c("10.0.0.0/24"), c("10.0.0.0/16")];
+        let mut v = [
+            c("fd00::/64"),
+            c("10.0.1.0/24"),
+            c("10.0.0.0/24"),
+            c("10.0.0.0/16"),
+        ];
         v.sort();
         let s: Vec<String> = v.iter().map(ToString::to_string).collect();
-        assert_eq!(s, ["10.0.0.0/16", "10.0.0.0/24", "10.0.1.0/24", "fd00::/64"]);
+        assert_eq!(
+            s,
+            ["10.0.0.0/16", "10.0.0.0/24", "10.0.1.0/24", "fd00::/64"]
+        );
     }
 }

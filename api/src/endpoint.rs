@@ -124,7 +124,11 @@ mod tests {
 
     #[test]
     fn parses_the_three_forms_and_roundtrips() {
-        for s in ["192.0.2.1:51820", "[2001:db8::1]:51820", "vpn.example.com:443"] {
+        for s in [
+            "192.0.2.1:51820",
+            "[2001:db8::1]:51820",
+            "vpn.example.com:443",
+        ] {
             let e: Endpoint = s.parse().unwrap();
             assert_eq!(e.to_string(), s);
         }

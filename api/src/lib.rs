@@ -22,5 +22,5 @@ pub use cidr::IpCidr;
 pub use desired::DesiredPeer;
 pub use endpoint::Endpoint;
 pub use key::PublicKey;
-pub use mesh::{desired_peers_for_node, Mesh, MeshConfig, Member, MemberKind};
+pub use mesh::{desired_peers_for_node, Member, MemberKind, Mesh, MeshConfig};
 pub use peer::{SecretKeyRef, WireGuardPeer, WireGuardPeerSpec, WireGuardPeerStatus};

@@ -11,10 +11,11 @@
 //! ones, each by creation time then name. The first claimant of a key or prefix keeps it; a
 //! later one is invalid and excluded, so a new bad peer can never knock out a working one.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::annotations::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -144,37 +145,63 @@ pub struct Mesh {
     node_problems: BTreeMap<String, Problem>,
 }
 
-/// Disjoint prefixes with the member that holds each, for O(log n) overlap queries.
+/// Who holds a prefix; names are only looked up when a conflict is reported.
+#[derive(Clone, Copy, Debug)]
+enum Owner {
+    /// An accepted member, by index into the list being built.
+    Member(usize),
+    /// A node's pod CIDR, by index into the node-name list.
+    PodCidr(usize),
+    /// The configured cluster pod network.
+    Cluster,
+}
+
+/// Disjoint prefixes with their holder, for O(log n) overlap queries.
 #[derive(Default)]
 struct Claims {
-    map: BTreeMap<(Family, u128), (u128, IpCidr, String)>,
+    map: BTreeMap<(Family, u128), (u128, IpCidr, Owner)>,
 }
 
 impl Claims {
-    fn find(&self, c: &IpCidr) -> Option<(IpCidr, &str)> {
+    fn find(&self, c: &IpCidr) -> Option<(IpCidr, Owner)> {
         let (start, end) = c.range();
         // claims are disjoint, so only the last one starting at or before `end` can reach `start`
         let ((fam, _), (claim_end, cidr, owner)) =
             self.map.range(..=(c.family(), end)).next_back()?;
-        (*fam == c.family() && *claim_end >= start).then_some((*cidr, owner.as_str()))
+        (*fam == c.family() && *claim_end >= start).then_some((*cidr, *owner))
     }
 
-    fn insert(&mut self, c: IpCidr, owner: &str) {
+    fn insert(&mut self, c: IpCidr, owner: Owner) {
         let (start, end) = c.range();
-        self.map
-            .insert((c.family(), start), (end, c, owner.to_owned()));
+        self.map.insert((c.family(), start), (end, c, owner));
     }
 }
 
-type RankKey = (bool, Option<Time>, String);
-
-fn rank_key(created: Option<&Time>, name: &str) -> RankKey {
-    (created.is_none(), created.cloned(), name.to_owned())
+/// A member waiting for the conflict checks, with its creation time for ranking.
+struct Candidate {
+    created: Option<Timestamp>,
+    member: Member,
 }
 
-struct Candidate {
-    rank: RankKey,
-    member: Member,
+// older first, objects without a creation time last, then by name: a total, stable order
+fn by_rank(a: &Candidate, b: &Candidate) -> Ordering {
+    (a.created.is_none(), a.created)
+        .cmp(&(b.created.is_none(), b.created))
+        .then_with(|| a.member.name.cmp(&b.member.name))
+}
+
+// sorts through an index so large elements move once instead of O(n log n) times
+fn sort_large<T>(items: Vec<T>, mut cmp: impl FnMut(&T, &T) -> Ordering) -> Vec<T> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| match (items.get(a), items.get(b)) {
+        (Some(x), Some(y)) => cmp(x, y),
+        _ => Ordering::Equal,
+    });
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+        .collect()
 }
 
 impl Mesh {
@@ -186,27 +213,35 @@ impl Mesh {
         config: &MeshConfig,
     ) -> Mesh {
         let mut node_candidates = Vec::new();
-        let mut reserved_cidrs: Vec<(IpCidr, String)> = Vec::new();
+        let mut node_names: Vec<String> = Vec::new();
+        let mut reserved_cidrs: Vec<(IpCidr, Owner)> = config
+            .cluster_cidrs
+            .iter()
+            .map(|c| (*c, Owner::Cluster))
+            .collect();
         let mut local_keepalive = HashMap::new();
         let mut node_problems = BTreeMap::new();
 
         for node in nodes {
             let facts = node_facts(node);
-            for c in &facts.pod_cidrs {
-                reserved_cidrs.push((*c, format!("pod CIDR {c} of node {}", facts.name)));
+            if !facts.pod_cidrs.is_empty() {
+                let idx = node_names.len();
+                node_names.push(facts.name.clone());
+                reserved_cidrs.extend(facts.pod_cidrs.iter().map(|c| (*c, Owner::PodCidr(idx))));
             }
             if let Some(k) = facts.local_keepalive {
                 local_keepalive.insert(facts.name.clone(), k);
             }
+            // a node without a published key has not joined (or has left) the mesh; its other
+            // annotations do not matter yet, so their problems are not reported either
+            if !facts.joined {
+                continue;
+            }
             if let Some(p) = &facts.problem {
                 node_problems.insert(facts.name.clone(), p.clone());
             }
-            // a node without a published key has not joined (or has left) the mesh
-            if facts.public_key.is_none() && facts.problem.is_none() {
-                continue;
-            }
             let allowed_ips = facts.allowed_ips();
-            let verdict = match facts.problem.clone() {
+            let verdict = match facts.problem {
                 Some(p) => Err(p),
                 None if allowed_ips.is_empty() => Err(Problem::new(
                     Reason::InvalidAllowedIPs,
@@ -215,14 +250,14 @@ impl Mesh {
                 None => Ok(()),
             };
             node_candidates.push(Candidate {
-                rank: rank_key(node.metadata.creation_timestamp.as_ref(), &facts.name),
+                created: node.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 member: Member {
                     name: node_peer_name(&facts.name),
                     kind: MemberKind::Node {
-                        node_name: facts.name.clone(),
+                        node_name: facts.name,
                     },
                     public_key: facts.public_key,
-                    endpoint: facts.endpoint.clone(),
+                    endpoint: facts.endpoint,
                     allowed_ips,
                     persistent_keepalive: None,
                     preshared_key_secret_ref: None,
@@ -231,36 +266,30 @@ impl Mesh {
             });
         }
 
-        let mut external_candidates: Vec<Candidate> = peers
+        let external_candidates: Vec<Candidate> = peers
             .into_iter()
             .filter(|p| !is_managed_node_peer(p) && p.metadata.deletion_timestamp.is_none())
             .map(|p| Candidate {
-                rank: rank_key(p.metadata.creation_timestamp.as_ref(), &p.name_any()),
+                created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 member: external_member(p),
             })
             .collect();
-
-        node_candidates.sort_by(|a, b| a.rank.cmp(&b.rank));
-        external_candidates.sort_by(|a, b| a.rank.cmp(&b.rank));
+        let node_candidates = sort_large(node_candidates, by_rank);
+        let external_candidates = sort_large(external_candidates, by_rank);
 
         // the pod network: bigger prefixes first, so a contained one is safely skipped
         let mut reserved = Claims::default();
-        let mut all_reserved: Vec<(IpCidr, String)> = config
-            .cluster_cidrs
-            .iter()
-            .map(|c| (*c, format!("the cluster pod network {c}")))
-            .collect();
-        all_reserved.extend(reserved_cidrs);
-        all_reserved.sort_by(|a, b| (a.0.prefix(), a.0).cmp(&(b.0.prefix(), b.0)));
-        for (c, owner) in &all_reserved {
-            if reserved.find(c).is_none() {
-                reserved.insert(*c, owner);
+        reserved_cidrs.sort_by_key(|(c, _)| (c.prefix(), *c));
+        for (c, owner) in reserved_cidrs {
+            if reserved.find(&c).is_none() {
+                reserved.insert(c, owner);
             }
         }
 
-        let mut keys: HashMap<PublicKey, String> = HashMap::new();
+        let mut keys: HashMap<PublicKey, usize> = HashMap::new();
         let mut claims = Claims::default();
-        let mut members = Vec::with_capacity(node_candidates.len() + external_candidates.len());
+        let mut members: Vec<Member> =
+            Vec::with_capacity(node_candidates.len() + external_candidates.len());
         for (is_external, cand) in node_candidates
             .into_iter()
             .map(|c| (false, c))
@@ -268,20 +297,25 @@ impl Mesh {
         {
             let mut m = cand.member;
             if m.verdict.is_ok() {
-                m.verdict = check_conflicts(&m, is_external, &keys, &claims, &reserved);
+                let names = OwnerNames {
+                    members: &members,
+                    nodes: &node_names,
+                };
+                m.verdict = check_conflicts(&m, is_external, &keys, &claims, &reserved, &names);
             }
             if m.verdict.is_ok() {
+                let idx = members.len();
                 if let Some(k) = m.public_key {
-                    keys.insert(k, m.name.clone());
+                    keys.insert(k, idx);
                 }
                 for c in &m.allowed_ips {
-                    claims.insert(*c, &m.name);
+                    claims.insert(*c, Owner::Member(idx));
                 }
             }
             members.push(m);
         }
         // names are unique: node peers carry the reserved `node-` prefix, externals may not
-        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let members = sort_large(members, |a, b| a.name.cmp(&b.name));
         Mesh {
             members,
             local_keepalive,
@@ -339,7 +373,8 @@ fn external_member(p: &WireGuardPeer) -> Member {
     if spec.node_name.is_some() {
         note(
             Reason::NotManaged,
-            "spec.nodeName is reserved for the peers wgmesh-operator keeps for Nodes; remove it".into(),
+            "spec.nodeName is reserved for the peers wgmesh-operator keeps for Nodes; remove it"
+                .into(),
         );
     }
     if name.starts_with(NODE_PEER_PREFIX) {
@@ -395,17 +430,44 @@ fn external_member(p: &WireGuardPeer) -> Member {
     }
 }
 
+/// Resolves [`Owner`]s to names for messages.
+struct OwnerNames<'n> {
+    members: &'n [Member],
+    nodes: &'n [String],
+}
+
+impl OwnerNames<'_> {
+    fn member(&self, idx: usize) -> &str {
+        self.members.get(idx).map_or("?", |m| m.name.as_str())
+    }
+
+    fn describe(&self, owner: Owner, other: IpCidr) -> String {
+        match owner {
+            Owner::Member(i) => format!("{other} of peer {}", self.member(i)),
+            Owner::PodCidr(i) => format!(
+                "pod CIDR {other} of node {}",
+                self.nodes.get(i).map_or("?", String::as_str)
+            ),
+            Owner::Cluster => format!("the cluster pod network {other}"),
+        }
+    }
+}
+
 fn check_conflicts(
     m: &Member,
     is_external: bool,
-    keys: &HashMap<PublicKey, String>,
+    keys: &HashMap<PublicKey, usize>,
     claims: &Claims,
     reserved: &Claims,
+    names: &OwnerNames<'_>,
 ) -> Result<(), Problem> {
     if let Some(owner) = m.public_key.and_then(|k| keys.get(&k)) {
         return Err(Problem::new(
             Reason::DuplicatePublicKey,
-            format!("public key is already used by peer {owner}"),
+            format!(
+                "public key is already used by peer {}",
+                names.member(*owner)
+            ),
         ));
     }
     // sorted, so any overlap inside the list shows between neighbours
@@ -424,14 +486,14 @@ fn check_conflicts(
             if let Some((other, owner)) = reserved.find(c) {
                 return Err(Problem::new(
                     Reason::PodCIDROverlap,
-                    format!("allowed IP {c} overlaps {owner} ({other})"),
+                    format!("allowed IP {c} overlaps {}", names.describe(owner, other)),
                 ));
             }
         }
         if let Some((other, owner)) = claims.find(c) {
             return Err(Problem::new(
                 Reason::AllowedIPsOverlap,
-                format!("allowed IP {c} overlaps {other} of peer {owner}"),
+                format!("allowed IP {c} overlaps {}", names.describe(owner, other)),
             ));
         }
     }

@@ -42,7 +42,9 @@ impl Problem {
 pub struct NodeFacts {
     /// Node name.
     pub name: String,
-    /// Public key the agent published; `None` if the annotation is absent (not joined yet).
+    /// True if the agent published a key annotation (valid or not): the node takes part.
+    pub joined: bool,
+    /// Public key the agent published, if it parses.
     pub public_key: Option<PublicKey>,
     /// Where other nodes send its traffic.
     pub endpoint: Option<Endpoint>,
@@ -85,8 +87,9 @@ pub fn node_facts(node: &Node) -> NodeFacts {
     let name = node.metadata.name.clone().unwrap_or_default();
     let mut problems: Vec<Problem> = Vec::new();
 
-    let public_key = match annotation(node, annotations::PUBLIC_KEY) {
-        None | Some("") => None,
+    let key_text = annotation(node, annotations::PUBLIC_KEY).filter(|t| !t.is_empty());
+    let public_key = match key_text {
+        None => None,
         Some(text) => match text.parse::<PublicKey>() {
             Ok(k) => Some(k),
             Err(e) => {
@@ -123,6 +126,7 @@ pub fn node_facts(node: &Node) -> NodeFacts {
 
     NodeFacts {
         name,
+        joined: key_text.is_some(),
         public_key,
         endpoint,
         pod_cidrs,

@@ -13,6 +13,8 @@ use crate::schema;
 
 /// A WireGuard peer of the mesh: either a cluster node (kept by the operator, `nodeName` set)
 /// or an external peer a user adds with `kubectl apply`.
+// clippy mistakes the repeated keys of separate printcolumn(...) entries for duplicate attributes
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "wgmesh.io",
@@ -39,8 +41,17 @@ use crate::schema;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Valid\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName", priority = 1),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".spec.nodeName",
+        priority = 1
+    ),
     printcolumn(
         name = "Reason",
         type_ = "string",

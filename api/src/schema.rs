@@ -56,7 +56,7 @@ pub fn endpoint(_: &mut SchemaGenerator) -> Schema {
                 "endpoint port must be between 1 and 65535",
             ),
             rule(
-                "!self.startsWith('[') || (isIP(self.substring(1, self.lastIndexOf(']'))) && ip(self.substring(1, self.lastIndexOf(']'))).family() == 6)".into(),
+                format!("!self.matches(r'{ENDPOINT_PATTERN}') || !self.startsWith('[') || (isIP(self.substring(1, self.lastIndexOf(']'))) && ip(self.substring(1, self.lastIndexOf(']'))).family() == 6)"),
                 "the address inside [...] must be an IPv6 address; write IPv4 endpoints without brackets",
             ),
         ]
@@ -142,7 +142,8 @@ pub fn secret_key(_: &mut SchemaGenerator) -> Schema {
 /// `status.conditions`: a map list keyed by `type`, so the operator's server-side apply owns
 /// its own conditions and never clobbers ones another manager adds.
 pub fn conditions(gen: &mut SchemaGenerator) -> Schema {
-    let mut s = gen.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
+    let mut s =
+        gen.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
     s.insert("x-kubernetes-list-type".into(), "map".into());
     s.insert("x-kubernetes-list-map-keys".into(), json!(["type"]));
     s
