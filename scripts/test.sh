@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 
-fuzz_seconds="${FUZZ_SECONDS:-30}"
+fuzz_seconds="${FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" != 0 ]; then
   echo "== fuzz smoke (${fuzz_seconds}s per target)"
   if ! cargo fuzz --version >/dev/null 2>&1; then
