@@ -1,0 +1,583 @@
+//! The control loop: read the desired state, then make the engine, the interface, the routes
+//! and the readiness file match it, every tick. Decisions are made by the pure functions in
+//! `mesh_input`, `plan` and `routes`; this module only observes, calls them and applies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wgmesh_api::constants::MTU_OVERHEAD;
+use wgmesh_api::{IpCidr, MeshConfig, PublicKey};
+
+use crate::config::{AgentConfig, Source};
+use crate::engine::{Engine, EngineError};
+use crate::http::Health;
+use crate::key::{self, KeyError, PrivateKey};
+use crate::mesh_input::{desired_peers, local_facts, mesh_input, MeshInput};
+use crate::metrics::Metrics;
+use crate::netlink::{Link, Netlink};
+use crate::plan::{plan, DesiredDevice};
+use crate::readiness::Readiness;
+use crate::resolve::{engine_peers, system_lookup, EnginePeer};
+use crate::routes::{
+    desired_routes, desired_rules, diff_routes, diff_rules, RouteKind, RoutingInputs,
+};
+use crate::source_file::{FileSource, SourceError};
+use crate::source_kube::{KubeError, KubeSource};
+use crate::uapi_client::UapiError;
+
+/// DNS endpoints are looked up again this often.
+const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+/// The underlay MTU is re-read this often.
+const UNDERLAY_EVERY: Duration = Duration::from_secs(5);
+/// A peer without a session is nudged into a handshake at most this often.
+const KICK_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Uapi(#[from] UapiError),
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not ready: {0}")]
+    NotReady(String),
+}
+
+fn nl_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Netlink { what, source }
+}
+
+/// The local node as the routes need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct LocalNode {
+    pod_cidrs: Vec<IpCidr>,
+    tunnel_addresses: Vec<IpAddr>,
+    public_key: Option<PublicKey>,
+}
+
+/// Where the desired state comes from.
+enum DesiredSource {
+    File(FileSource),
+    Kube(KubeSource),
+}
+
+impl DesiredSource {
+    fn poll(&mut self) -> Result<Option<MeshInput>, AgentError> {
+        match self {
+            DesiredSource::File(f) => Ok(f.poll()?.map(|docs| mesh_input(&docs))),
+            DesiredSource::Kube(k) => Ok(k.poll()),
+        }
+    }
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    key: PrivateKey,
+    public_key: PublicKey,
+    engine: Engine,
+    nl: Netlink,
+    source: DesiredSource,
+    input: Option<MeshInput>,
+    peers: Vec<EnginePeer>,
+    local: LocalNode,
+    applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
+    kicked: BTreeMap<PublicKey, Instant>,
+    readiness: Readiness,
+    resolved_at: Option<Instant>,
+    underlay: Option<(Instant, Option<u32>)>,
+    last_warnings: Vec<String>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Agent {
+    /// Loads (or creates) the key, publishes the public key and opens netlink.
+    pub fn new(cfg: AgentConfig) -> Result<Self, AgentError> {
+        let (key, created) = key::load_or_create(&cfg.private_key_path)?;
+        let public_key = key.public_key();
+        tracing::info!(
+            path = %cfg.private_key_path.display(),
+            created,
+            public_key = %public_key,
+            "node key loaded"
+        );
+        if let Some(p) = &cfg.public_key_file {
+            crate::atomic::write_atomic(p, format!("{public_key}\n").as_bytes(), 0o644).map_err(
+                |source| AgentError::File {
+                    path: p.clone(),
+                    source,
+                },
+            )?;
+        }
+        let nl = Netlink::new().map_err(nl_err("open socket"))?;
+        let source = match &cfg.source {
+            Source::File { dir } => DesiredSource::File(FileSource::new(dir.clone())),
+            Source::Kubernetes => {
+                DesiredSource::Kube(KubeSource::start(&cfg.node_name, public_key)?)
+            }
+        };
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::default());
+        if let Some(addr) = cfg.http_addr {
+            // health and metrics are for observers; the node works without them
+            let stale = (cfg.interval * 20).max(Duration::from_secs(10));
+            match crate::http::serve(addr, health.clone(), metrics.clone(), stale) {
+                Ok(bound) => tracing::info!(%bound, "serving /healthz /readyz /metrics"),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot serve /healthz /readyz /metrics")
+                }
+            }
+        }
+        Ok(Agent {
+            engine: Engine::new(&cfg.interface, &cfg.engine_binary, cfg.engine_mode),
+            readiness: Readiness::new(&cfg.readiness_path),
+            cfg,
+            key,
+            public_key,
+            nl,
+            source,
+            input: None,
+            peers: Vec::new(),
+            local: LocalNode::default(),
+            applied_endpoints: BTreeMap::new(),
+            kicked: BTreeMap::new(),
+            resolved_at: None,
+            underlay: None,
+            last_warnings: Vec::new(),
+            metrics,
+            health,
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// Runs until `stop` is set. On the way out only the readiness file goes: the engine,
+    /// its configuration and the routes stay, so traffic continues while no agent runs.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let mut last_error: Option<String> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let result = self.tick();
+            let ready = result.is_ok();
+            match &result {
+                Ok(()) if last_error.is_some() => {
+                    tracing::info!("recovered: engine, interface and routes in place")
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(error = %msg, "reconcile failed; will retry");
+                    }
+                }
+                _ => {}
+            }
+            last_error = result.err().map(|e| e.to_string());
+            if !ready {
+                self.metrics.reconcile_errors.inc();
+            }
+            self.metrics.ready.set(i64::from(ready));
+            self.health.tick(ready);
+            match self.readiness.set(ready) {
+                Ok(true) => {
+                    tracing::info!(ready, path = %self.readiness.path().display(), "readiness changed")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot update the readiness file"),
+            }
+            let left = self.cfg.interval.saturating_sub(started.elapsed());
+            sleep_unless(stop, left);
+        }
+        if let Err(e) = self.readiness.set(false) {
+            tracing::warn!(error = %e, "cannot remove the readiness file");
+        }
+        tracing::info!("stopped; engine, peers and routes left in place");
+    }
+
+    /// One reconcile pass.
+    pub fn tick(&mut self) -> Result<(), AgentError> {
+        let source_result = self.refresh_desired();
+        if self.input.is_none() {
+            // never reconcile peers against an unread source: that would remove them all
+            self.ensure_drops_only()?;
+            source_result?;
+            return Err(AgentError::NotReady("desired state not read yet".into()));
+        }
+
+        let started = self.engine.ensure();
+        if let Ok(true) = started {
+            tracing::info!(interface = %self.cfg.interface, binary = %self.cfg.engine_binary.display(), "started engine");
+            self.metrics.engine_starts.inc();
+            self.applied_endpoints.clear();
+        }
+        let link = self
+            .nl
+            .link(&self.cfg.interface)
+            .map_err(nl_err("list links"))?;
+        let link_result = match &link {
+            Some(l) => self.sync_link(l),
+            None => Ok(()),
+        };
+        let engine_result = match (&started, &link) {
+            (Ok(_), Some(_)) => self.sync_engine(),
+            _ => Ok(()),
+        };
+        self.sync_routes(link.as_ref().map(|l| l.index), true)?;
+
+        started?;
+        source_result?;
+        link_result?;
+        engine_result?;
+        if link.is_none() {
+            return Err(AgentError::NotReady(format!(
+                "interface {} does not exist",
+                self.cfg.interface
+            )));
+        }
+        if self.cfg.fail_closed
+            && !self.cfg.cluster_cidrs.is_empty()
+            && self.local.pod_cidrs.is_empty()
+        {
+            return Err(AgentError::NotReady(format!(
+                "pod CIDRs of node {} unknown (no node peer for it and no --pod-cidr): host-to-local-pod traffic would hit the drops",
+                self.cfg.node_name
+            )));
+        }
+        Ok(())
+    }
+
+    fn refresh_desired(&mut self) -> Result<(), AgentError> {
+        let changed = match self.source.poll()? {
+            Some(input) => {
+                self.input = Some(input);
+                true
+            }
+            None => false,
+        };
+        let stale = self
+            .resolved_at
+            .is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
+        let Some(input) = self.input.as_ref().filter(|_| changed || stale) else {
+            return Ok(());
+        };
+        let mesh_cfg = MeshConfig {
+            cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+        };
+        let desired = desired_peers(input, &mesh_cfg, &self.cfg.node_name);
+        // preshared keys live in Secrets, which the file source cannot read
+        let (peers, mut warnings) = engine_peers(&desired, system_lookup, |_| None);
+        let facts = local_facts(input, &self.cfg.node_name);
+        let mut local = LocalNode {
+            pod_cidrs: facts
+                .as_ref()
+                .map(|f| f.pod_cidrs.clone())
+                .unwrap_or_default(),
+            tunnel_addresses: facts
+                .as_ref()
+                .map(|f| f.tunnel_addresses.clone())
+                .unwrap_or_default(),
+            public_key: facts.as_ref().and_then(|f| f.public_key),
+        };
+        if !self.cfg.pod_cidrs.is_empty() {
+            local.pod_cidrs = self.cfg.pod_cidrs.clone();
+            local.tunnel_addresses = local.pod_cidrs.iter().filter_map(|c| c.nth(1)).collect();
+        }
+        if !self.cfg.tunnel_addresses.is_empty() {
+            local.tunnel_addresses = self.cfg.tunnel_addresses.clone();
+        }
+        if let Some(k) = local.public_key.filter(|k| *k != self.public_key) {
+            warnings.push(format!(
+                "the node peer of {} carries public key {k}, but this node's key is {}: other nodes cannot reach it until that is fixed",
+                self.cfg.node_name, self.public_key
+            ));
+        }
+        if warnings != self.last_warnings {
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            self.last_warnings = warnings;
+        }
+        if peers != self.peers || local != self.local {
+            let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+            tracing::info!(peers = ?names, pod_cidrs = ?local.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "desired state changed");
+        }
+        self.peers = peers;
+        self.local = local;
+        self.resolved_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn desired_mtu(&mut self, own: &Link) -> Result<u32, AgentError> {
+        if let Some(m) = self.cfg.mtu {
+            return Ok(m);
+        }
+        let fresh = self.underlay.filter(|(t, _)| t.elapsed() < UNDERLAY_EVERY);
+        let underlay = match fresh {
+            Some((_, m)) => m,
+            None => {
+                let m = match &self.cfg.underlay_interface {
+                    Some(name) => self
+                        .nl
+                        .link_mtu(name)
+                        .map_err(nl_err("read underlay MTU"))?,
+                    None => self
+                        .nl
+                        .underlay_mtu(Some(own.index))
+                        .map_err(nl_err("read underlay MTU"))?,
+                };
+                self.underlay = Some((Instant::now(), m));
+                m
+            }
+        };
+        match underlay {
+            Some(m) if m > MTU_OVERHEAD + 576 => Ok(m - MTU_OVERHEAD),
+            Some(m) => Err(AgentError::NotReady(format!("underlay MTU {m} is too small for a tunnel"))),
+            None => Err(AgentError::NotReady(
+                "cannot tell the underlay MTU (no default route); pass --mtu or --underlay-interface".into(),
+            )),
+        }
+    }
+
+    fn sync_link(&mut self, l: &Link) -> Result<(), AgentError> {
+        let mtu = self.desired_mtu(l);
+        let want_mtu = mtu.as_ref().ok().copied().filter(|m| *m != l.mtu);
+        if want_mtu.is_some() || !l.up {
+            tracing::info!(interface = %l.name, mtu = ?want_mtu, "setting link up / MTU");
+            self.nl
+                .set_link(l.index, want_mtu, true)
+                .map_err(nl_err(format!("set {} up", l.name)))?;
+        }
+        let have = self
+            .nl
+            .addresses(l.index)
+            .map_err(nl_err("list addresses"))?;
+        let want: Vec<(IpAddr, u8)> = self
+            .local
+            .tunnel_addresses
+            .iter()
+            .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 }))
+            .collect();
+        for (ip, len) in &have {
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if !link_local && !want.contains(&(*ip, *len)) {
+                tracing::info!(address = %ip, prefix = len, "removing address");
+                self.nl
+                    .delete_address(l.index, *ip, *len)
+                    .map_err(nl_err("delete address"))?;
+            }
+        }
+        for (ip, len) in &want {
+            if !have.contains(&(*ip, *len)) {
+                tracing::info!(address = %ip, prefix = len, "adding tunnel address");
+                self.nl
+                    .add_address(l.index, *ip, *len)
+                    .map_err(nl_err("add address"))?;
+            }
+        }
+        mtu.map(drop)
+    }
+
+    fn sync_engine(&mut self) -> Result<(), AgentError> {
+        let client = self.engine.client().clone();
+        let observed = client.get()?;
+        self.metrics
+            .observe(&self.cfg.node_name, &self.public_key, &observed);
+        let desired = DesiredDevice {
+            public_key: self.public_key,
+            listen_port: self.cfg.listen_port,
+            fwmark: self.cfg.fwmark,
+            peers: self.peers.clone(),
+        };
+        let now = Instant::now();
+        let may_kick: BTreeSet<PublicKey> = self
+            .peers
+            .iter()
+            .map(|p| p.public_key)
+            .filter(|k| {
+                self.kicked
+                    .get(k)
+                    .is_none_or(|t| now.duration_since(*t) >= KICK_EVERY)
+            })
+            .collect();
+        let p = plan(&observed, &desired, &self.applied_endpoints, &may_kick);
+        if p.is_empty() {
+            return Ok(());
+        }
+        let changes = !(p.update.is_empty()
+            && p.remove.is_empty()
+            && !p.set_private_key
+            && p.listen_port.is_none()
+            && p.fwmark.is_none());
+        if changes {
+            tracing::info!(
+                private_key = p.set_private_key,
+                listen_port = ?p.listen_port,
+                fwmark = ?p.fwmark,
+                added = p.update.iter().filter(|u| u.create).count(),
+                updated = p.update.iter().filter(|u| !u.create).count(),
+                removed = p.remove.len(),
+                "configuring engine"
+            );
+        }
+        client.set(&p.render(&self.key))?;
+        for u in &p.update {
+            if let (Some(k), Some(ep)) = (u.public_key, u.endpoint) {
+                self.applied_endpoints.insert(k, ep);
+            }
+        }
+        for k in &p.remove {
+            self.applied_endpoints.remove(k);
+            self.kicked.remove(k);
+        }
+        for k in &p.kick {
+            self.kicked.insert(*k, now);
+        }
+        Ok(())
+    }
+
+    fn routing_inputs(&self, link: Option<u32>) -> RoutingInputs {
+        RoutingInputs {
+            table: self.cfg.table,
+            link,
+            tunnel_addresses: self.local.tunnel_addresses.clone(),
+            peer_prefixes: self
+                .peers
+                .iter()
+                .flat_map(|p| p.allowed_ips.iter().copied())
+                .collect(),
+            cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+            local_pod_cidrs: self.local.pod_cidrs.clone(),
+            fail_closed: self.cfg.fail_closed,
+        }
+    }
+
+    fn sync_routes(&mut self, link: Option<u32>, allow_delete: bool) -> Result<(), AgentError> {
+        let want = desired_routes(&self.routing_inputs(link));
+        let have = self
+            .nl
+            .routes(self.cfg.table)
+            .map_err(nl_err("list routes"))?;
+        let diff = diff_routes(&have, &want);
+        // drops go in before the routes that punch holes in them, and before the rule
+        let mut replace = diff.replace.clone();
+        replace.sort_by_key(|r| !matches!(r.kind, RouteKind::Unreachable));
+        for r in &replace {
+            tracing::info!(dst = %r.dst, kind = ?r.kind, table = r.table, "route");
+            self.nl
+                .replace_route(r)
+                .map_err(nl_err(format!("add route {}", r.dst)))?;
+        }
+        if allow_delete {
+            for r in &diff.delete {
+                tracing::info!(dst = %r.dst, kind = ?r.kind, table = r.table, "removing route");
+                self.nl
+                    .delete_route(r)
+                    .map_err(nl_err(format!("delete route {}", r.dst)))?;
+            }
+        }
+        let rules = desired_rules(
+            &want,
+            self.cfg.rule_priority,
+            self.cfg.table,
+            self.cfg.fwmark,
+        );
+        let have_rules = self
+            .nl
+            .rules(self.cfg.table, self.cfg.rule_priority)
+            .map_err(nl_err("list rules"))?;
+        let (add, del) = diff_rules(&have_rules, &rules);
+        for r in &add {
+            tracing::info!(
+                priority = r.priority,
+                table = r.table,
+                ipv6 = r.v6,
+                "adding policy rule"
+            );
+            self.nl.add_rule(r).map_err(nl_err("add rule"))?;
+        }
+        if allow_delete {
+            for r in &del {
+                tracing::info!(
+                    priority = r.priority,
+                    table = r.table,
+                    ipv6 = r.v6,
+                    "removing policy rule"
+                );
+                self.nl.delete_rule(r).map_err(nl_err("delete rule"))?;
+            }
+        }
+        Ok(())
+    }
+
+    // before the first read of the source: add the drops and the rule, remove nothing
+    fn ensure_drops_only(&mut self) -> Result<(), AgentError> {
+        let link = self
+            .nl
+            .link(&self.cfg.interface)
+            .map_err(nl_err("list links"))?;
+        let keep: Vec<_> = self
+            .nl
+            .routes(self.cfg.table)
+            .map_err(nl_err("list routes"))?;
+        let want = desired_routes(&self.routing_inputs(link.map(|l| l.index)));
+        for r in want.values() {
+            if matches!(r.kind, RouteKind::Unreachable) && !keep.iter().any(|k| k.dst == r.dst) {
+                self.nl
+                    .replace_route(r)
+                    .map_err(nl_err(format!("add route {}", r.dst)))?;
+            }
+        }
+        self.sync_routes_rules_only(&want)
+    }
+
+    fn sync_routes_rules_only(
+        &mut self,
+        want: &BTreeMap<IpCidr, crate::routes::Route>,
+    ) -> Result<(), AgentError> {
+        let rules = desired_rules(
+            want,
+            self.cfg.rule_priority,
+            self.cfg.table,
+            self.cfg.fwmark,
+        );
+        let have = self
+            .nl
+            .rules(self.cfg.table, self.cfg.rule_priority)
+            .map_err(nl_err("list rules"))?;
+        for r in diff_rules(&have, &rules).0 {
+            self.nl.add_rule(&r).map_err(nl_err("add rule"))?;
+        }
+        Ok(())
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}

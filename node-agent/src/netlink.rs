@@ -1,0 +1,484 @@
+//! Synchronous rtnetlink (NETLINK_ROUTE) for what the agent touches: the wg link (MTU, up,
+//! addresses), the routes of its table, its policy rules, and the underlay MTU. One request
+//! and its reply at a time; the agent's loop is single-threaded.
+
+use std::io;
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use wgmesh_api::IpCidr;
+
+use crate::routes::{Route, RouteKind, Rule};
+
+const RT_TABLE_MAIN: u32 = 254;
+
+/// A link as the agent needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// One rtnetlink socket.
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn family(ip: &IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn is_errno(e: &io::Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
+}
+
+impl Netlink {
+    pub fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: vec![0; 256 * 1024],
+        })
+    }
+
+    /// Sends one request and collects the reply: every message of a dump, or the ack.
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let bytes = self.buf.get(offset..n).unwrap_or_default();
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
+                })?;
+                let len = m.header.length as usize;
+                let seq = m.header.sequence_number;
+                if seq == self.seq {
+                    match m.payload {
+                        NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::Error(e) => {
+                            if e.code.is_some() {
+                                return Err(e.to_io());
+                            }
+                            // an ack ends a non-dump request
+                            if !dump {
+                                return Ok(replies);
+                            }
+                        }
+                        NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += (len + 3) & !3;
+            }
+        }
+    }
+
+    /// All links.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, if it exists.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Sets MTU (if given) and brings the link up.
+    pub fn set_link(&mut self, index: u32, mtu: Option<u32>, up: bool) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if up {
+            m.header.flags = LinkFlags::Up;
+        }
+        m.header.change_mask = LinkFlags::Up;
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
+    }
+
+    /// Deletes a link (the engine exits when its TUN goes away).
+    pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(m), NLM_F_ACK)
+            .map(drop)
+    }
+
+    /// Addresses on link `index` as host prefixes (address, prefix length).
+    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<(IpAddr, u8)>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            // IFA_LOCAL is the address on point-to-point links; IFA_ADDRESS the peer there
+            let local = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local.or(addr) {
+                out.push((ip, a.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    fn address_message(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.family = family(&ip);
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(ip));
+        m.attributes.push(AddressAttribute::Address(ip));
+        m
+    }
+
+    /// Adds `ip/prefix` to link `index` (no duplicate address detection: it is a tunnel).
+    pub fn add_address(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        let mut m = Self::address_message(index, ip, prefix);
+        m.header.flags = AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    pub fn delete_address(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        let m = Self::address_message(index, ip, prefix);
+        self.request(RouteNetlinkMessage::DelAddress(m), NLM_F_ACK)
+            .map(drop)
+    }
+
+    fn all_routes(&mut self) -> io::Result<Vec<RouteMessage>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            let replies = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+            out.extend(replies.into_iter().filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The routes in `table`.
+    pub fn routes(&mut self, table: u32) -> io::Result<Vec<Route>> {
+        Ok(self
+            .all_routes()?
+            .iter()
+            .filter(|r| route_table(r) == table)
+            .filter_map(route_of)
+            .collect())
+    }
+
+    /// Creates or overwrites a route.
+    pub fn replace_route(&mut self, r: &Route) -> io::Result<()> {
+        let m = route_message(r, false);
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Deletes a route; one that is already gone is fine.
+    pub fn delete_route(&mut self, r: &Route) -> io::Result<()> {
+        let m = route_message(r, true);
+        match self.request(RouteNetlinkMessage::DelRoute(m), NLM_F_ACK) {
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Rules that point at `table` or sit at `priority` (both families).
+    pub fn rules(&mut self, table: u32, priority: u32) -> io::Result<Vec<Rule>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RuleMessage::default();
+            m.header.family = fam;
+            let replies = match self.request(RouteNetlinkMessage::GetRule(m), NLM_F_DUMP) {
+                // IPv6 disabled in this kernel: no IPv6 rules
+                Err(e) if fam == AddressFamily::Inet6 && is_errno(&e, libc::EAFNOSUPPORT) => {
+                    continue
+                }
+                r => r?,
+            };
+            for r in replies {
+                let RouteNetlinkMessage::NewRule(r) = r else {
+                    continue;
+                };
+                let rule = rule_of(&r);
+                if rule.table == table || rule.priority == priority {
+                    out.push(rule);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn add_rule(&mut self, r: &Rule) -> io::Result<()> {
+        match self.request(
+            RouteNetlinkMessage::NewRule(rule_message(r)),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    pub fn delete_rule(&mut self, r: &Rule) -> io::Result<()> {
+        match self.request(RouteNetlinkMessage::DelRule(rule_message(r)), NLM_F_ACK) {
+            Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ESRCH) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Smallest MTU of the links holding a default route in `main` (the underlay), skipping
+    /// `exclude` (our own interface); `None` without a default route.
+    pub fn underlay_mtu(&mut self, exclude: Option<u32>) -> io::Result<Option<u32>> {
+        let oifs: Vec<u32> = self
+            .all_routes()?
+            .iter()
+            .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.destination_prefix_length == 0)
+            .filter(|r| r.header.kind == RouteType::Unicast)
+            .filter_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            })
+            .filter(|i| Some(*i) != exclude)
+            .collect();
+        let links = self.links()?;
+        Ok(links
+            .iter()
+            .filter(|l| oifs.contains(&l.index))
+            .map(|l| l.mtu)
+            .min())
+    }
+
+    /// MTU of the link called `name`.
+    pub fn link_mtu(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.link(name)?.map(|l| l.mtu))
+    }
+}
+
+fn link_of(l: &LinkMessage) -> Link {
+    let mut name = String::new();
+    let mut mtu = 0;
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            _ => {}
+        }
+    }
+    Link {
+        index: l.header.index,
+        name,
+        mtu,
+        up: l.header.flags.contains(LinkFlags::Up),
+    }
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+fn route_of(r: &RouteMessage) -> Option<Route> {
+    let mut dst = None;
+    let mut oif = None;
+    let mut src = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ip_of(d),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::PrefSource(s) => src = ip_of(s),
+            _ => {}
+        }
+    }
+    let dst = match (dst, r.header.address_family) {
+        (Some(d), _) => d,
+        (None, AddressFamily::Inet) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let dst = IpCidr::new(dst, r.header.destination_prefix_length).ok()?;
+    let kind = match r.header.kind {
+        RouteType::Unicast => RouteKind::Unicast {
+            oif: oif.unwrap_or(0),
+            src,
+        },
+        RouteType::Unreachable => RouteKind::Unreachable,
+        RouteType::Throw => RouteKind::Throw,
+        other => RouteKind::Other(u8::from(other)),
+    };
+    Some(Route {
+        dst,
+        table: route_table(r),
+        kind,
+    })
+}
+
+fn route_message(r: &Route, delete: bool) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(&r.dst.addr());
+    m.header.destination_prefix_length = r.dst.prefix();
+    m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
+    m.header.protocol = if delete {
+        RouteProtocol::Unspec
+    } else {
+        RouteProtocol::Static
+    };
+    m.header.kind = match r.kind {
+        RouteKind::Unicast { .. } => RouteType::Unicast,
+        RouteKind::Unreachable => RouteType::Unreachable,
+        RouteKind::Throw => RouteType::Throw,
+        RouteKind::Other(t) => RouteType::from(t),
+    };
+    // delete matches any scope; a device route without gateway is link-scoped, like `ip route`
+    m.header.scope = match (delete, r.kind) {
+        (true, _) => RouteScope::NoWhere,
+        (false, RouteKind::Unicast { .. }) => RouteScope::Link,
+        (false, _) => RouteScope::Universe,
+    };
+    m.attributes.push(RouteAttribute::Table(r.table));
+    m.attributes
+        .push(RouteAttribute::Destination(r.dst.addr().into()));
+    if let RouteKind::Unicast { oif, src } = r.kind {
+        if oif != 0 {
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let (Some(s), false) = (src, delete) {
+            m.attributes.push(RouteAttribute::PrefSource(s.into()));
+        }
+    }
+    m
+}
+
+fn rule_of(r: &RuleMessage) -> Rule {
+    let mut rule = Rule {
+        v6: r.header.family == AddressFamily::Inet6,
+        priority: 0,
+        table: u32::from(r.header.table),
+        fwmark: 0,
+        invert: r.header.flags.contains(RuleFlags::Invert),
+    };
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::Table(t) => rule.table = *t,
+            RuleAttribute::FwMark(m) => rule.fwmark = *m,
+            _ => {}
+        }
+    }
+    rule
+}
+
+fn rule_message(r: &Rule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = if r.v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
+    m.header.action = RuleAction::ToTable;
+    if r.invert {
+        m.header.flags = RuleFlags::Invert;
+    }
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes.push(RuleAttribute::Table(r.table));
+    if r.fwmark != 0 {
+        m.attributes.push(RuleAttribute::FwMark(r.fwmark));
+        m.attributes.push(RuleAttribute::FwMask(u32::MAX));
+    }
+    m
+}

@@ -1,0 +1,369 @@
+//! The `kubernetes` source: watches Nodes and WireGuardPeers with kube-rs and hands the agent
+//! the latest lists (the same inputs the api crate's desired-state function takes), publishes
+//! this node's public key as the `wgmesh.io/public-key` annotation on its Node, and reports
+//! handshakes into `WireGuardPeer.status.latestHandshake` at a bounded rate. It runs a tokio
+//! runtime on its own thread; the synchronous agent loop only reads snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+use wgmesh_api::annotations::PUBLIC_KEY;
+use wgmesh_api::constants::{AGENT_FIELD_MANAGER, GROUP, VERSION};
+use wgmesh_api::{PublicKey, WireGuardPeer};
+
+use crate::mesh_input::MeshInput;
+
+/// A status write for one peer is skipped unless the status is older than this.
+pub const REPORT_STALENESS: Duration = Duration::from_secs(60);
+/// This agent writes one peer's status at most this often.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// At most this many status writes per reporting round (one round per tick at most).
+pub const REPORTS_PER_ROUND: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("cannot start the Kubernetes runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// The patch that makes `node` carry `key`, or `None` if it already does.
+pub fn key_patch(node: &Node, key: &PublicKey) -> Option<Value> {
+    let current = node.annotations().get(PUBLIC_KEY).map(|s| s.trim());
+    let want = key.to_string();
+    (current != Some(want.as_str()))
+        .then(|| json!({"metadata": {"annotations": {PUBLIC_KEY: want}}}))
+}
+
+/// Publishes the key on Node `node_name` (a merge patch, only when it differs).
+pub async fn publish_key(
+    client: Client,
+    node_name: &str,
+    key: &PublicKey,
+) -> Result<bool, KubeError> {
+    let api: Api<Node> = Api::all(client);
+    let node = api.get(node_name).await?;
+    let Some(patch) = key_patch(&node, key) else {
+        return Ok(false);
+    };
+    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
+}
+
+/// Writes `status.latestHandshake` of peer `name` with our own field manager, touching no other
+/// status field (the operator owns those).
+pub async fn write_handshake(client: Client, name: &str, at: SystemTime) -> Result<(), KubeError> {
+    let api: Api<WireGuardPeer> = Api::all(client);
+    let body = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "WireGuardPeer",
+        "status": {"latestHandshake": Time(k8s_openapi::jiff::Timestamp::try_from(at).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))},
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Decides which handshakes are worth a status write: newer than what the status holds by
+/// more than [`REPORT_STALENESS`], not written by us for [`REPORT_INTERVAL`], at most
+/// [`REPORTS_PER_ROUND`] at once. With N nodes each peer then sees about one write per
+/// minute cluster-wide, not N per handshake.
+#[derive(Debug, Default)]
+pub struct ReportLimiter {
+    last: HashMap<String, Instant>,
+}
+
+impl ReportLimiter {
+    pub fn due(
+        &mut self,
+        now: Instant,
+        observed: &[(String, SystemTime)],
+        current: impl Fn(&str) -> Option<SystemTime>,
+    ) -> Vec<(String, SystemTime)> {
+        let mut out = Vec::new();
+        for (name, at) in observed {
+            if out.len() >= REPORTS_PER_ROUND {
+                break;
+            }
+            let stale = current(name)
+                .is_none_or(|c| at.duration_since(c).is_ok_and(|d| d > REPORT_STALENESS));
+            let ours_recent = self
+                .last
+                .get(name)
+                .is_some_and(|t| now.duration_since(*t) < REPORT_INTERVAL);
+            if stale && !ours_recent {
+                self.last.insert(name.clone(), now);
+                out.push((name.clone(), *at));
+            }
+        }
+        out
+    }
+}
+
+/// The watched objects.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub nodes: BTreeMap<String, Node>,
+    pub peers: BTreeMap<String, WireGuardPeer>,
+    pub nodes_synced: bool,
+    pub peers_synced: bool,
+}
+
+/// Applies one watch event to a map; returns whether the initial list has completed.
+pub fn apply_event<K: ResourceExt + Clone>(
+    map: &mut BTreeMap<String, K>,
+    pending: &mut BTreeMap<String, K>,
+    ev: Event<K>,
+) -> bool {
+    match ev {
+        Event::Apply(o) => {
+            map.insert(o.name_any(), o);
+        }
+        Event::Delete(o) => {
+            map.remove(&o.name_any());
+        }
+        // a relist: collect, then swap in at once so objects deleted meanwhile disappear
+        Event::Init => pending.clear(),
+        Event::InitApply(o) => {
+            pending.insert(o.name_any(), o);
+        }
+        Event::InitDone => {
+            *map = std::mem::take(pending);
+            return true;
+        }
+    }
+    false
+}
+
+/// Handle held by the agent.
+pub struct KubeSource {
+    shared: Arc<Mutex<Snapshot>>,
+    reports: tokio::sync::mpsc::Sender<Vec<(String, SystemTime)>>,
+    seen: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl KubeSource {
+    /// Connects with the in-cluster (or kubeconfig) credentials and starts watching.
+    pub fn start(node_name: &str, key: PublicKey) -> Result<Self, KubeError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(KubeError::Runtime)?;
+        let client = rt.block_on(Client::try_default())?;
+        let shared = Arc::new(Mutex::new(Snapshot::default()));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, n, st) = (shared.clone(), node_name.to_owned(), stop.clone());
+        std::thread::Builder::new()
+            .name("kube".into())
+            .spawn(move || rt.block_on(run(client, n, key, s, rx, st)))
+            .map_err(KubeError::Runtime)?;
+        Ok(KubeSource {
+            shared,
+            reports: tx,
+            seen: 0,
+            stop,
+        })
+    }
+
+    /// The inputs, if they changed since the last call and both initial lists are complete.
+    pub fn poll(&mut self) -> Option<MeshInput> {
+        let snap = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if snap.generation == self.seen || !(snap.nodes_synced && snap.peers_synced) {
+            return None;
+        }
+        self.seen = snap.generation;
+        Some(MeshInput {
+            nodes: snap.nodes.values().cloned().collect(),
+            peers: snap.peers.values().cloned().collect(),
+        })
+    }
+
+    /// Hands the latest handshakes (peer name, time) to the reporter; never blocks.
+    pub fn report(&self, handshakes: Vec<(String, SystemTime)>) {
+        let _ = self.reports.try_send(handshakes);
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn bump(shared: &Mutex<Snapshot>, f: impl FnOnce(&mut Snapshot)) {
+    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut s);
+    s.generation += 1;
+}
+
+async fn run(
+    client: Client,
+    node_name: String,
+    key: PublicKey,
+    shared: Arc<Mutex<Snapshot>>,
+    mut reports: tokio::sync::mpsc::Receiver<Vec<(String, SystemTime)>>,
+    stop: Arc<AtomicBool>,
+) {
+    let nodes = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff();
+    let peers = watcher::watcher(
+        Api::<WireGuardPeer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let mut nodes = std::pin::pin!(nodes);
+    let mut peers = std::pin::pin!(peers);
+    let (mut pending_nodes, mut pending_peers) = (BTreeMap::new(), BTreeMap::new());
+    let mut limiter = ReportLimiter::default();
+    let mut key_published = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            Some(ev) = nodes.next() => match ev {
+                Ok(ev) => {
+                    // our own Node lost or never had the key annotation: (re)publish it
+                    let own_changed = matches!(&ev, Event::Apply(n) | Event::InitApply(n) if n.name_any() == node_name && key_patch(n, &key).is_some());
+                    bump(&shared, |s| {
+                        let done = apply_event(&mut s.nodes, &mut pending_nodes, ev);
+                        s.nodes_synced |= done;
+                    });
+                    if own_changed {
+                        key_published = false;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Node watch failed; retrying"),
+            },
+            Some(ev) = peers.next() => match ev {
+                Ok(ev) => bump(&shared, |s| {
+                    let done = apply_event(&mut s.peers, &mut pending_peers, ev);
+                    s.peers_synced |= done;
+                }),
+                Err(e) => tracing::warn!(error = %e, "WireGuardPeer watch failed; retrying"),
+            },
+            Some(observed) = reports.recv() => {
+                let current = |name: &str| {
+                    let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    s.peers.get(name).and_then(|p| p.status.as_ref()?.latest_handshake.as_ref().map(|t| SystemTime::from(t.0)))
+                };
+                for (name, at) in limiter.due(Instant::now(), &observed, current) {
+                    if let Err(e) = write_handshake(client.clone(), &name, at).await {
+                        tracing::warn!(peer = %name, error = %e, "cannot report the handshake");
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                if !key_published {
+                    match publish_key(client.clone(), &node_name, &key).await {
+                        Ok(changed) => {
+                            key_published = true;
+                            if changed {
+                                tracing::info!(node = %node_name, public_key = %key, "published the public key on the Node");
+                            }
+                        }
+                        Err(e) => tracing::warn!(node = %node_name, error = %e, "cannot publish the public key; retrying"),
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node(name: &str, key: Option<&str>) -> Node {
+        let mut n = Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        };
+        if let Some(k) = key {
+            n.metadata.annotations = Some([(PUBLIC_KEY.to_owned(), k.to_owned())].into());
+        }
+        n
+    }
+
+    #[test]
+    fn key_patch_only_when_the_annotation_differs() {
+        let k = PublicKey::from_bytes([3; 32]);
+        assert!(key_patch(&node("n1", Some(&k.to_string())), &k).is_none());
+        let p = key_patch(&node("n1", None), &k).expect("patch");
+        assert_eq!(
+            p["metadata"]["annotations"][PUBLIC_KEY],
+            json!(k.to_string())
+        );
+        assert!(key_patch(&node("n1", Some("old")), &k).is_some());
+    }
+
+    #[test]
+    fn reports_are_bounded_per_peer_and_per_round() {
+        let mut l = ReportLimiter::default();
+        let t0 = Instant::now();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let obs: Vec<(String, SystemTime)> = (0..8).map(|i| (format!("p{i}"), at)).collect();
+        let first = l.due(t0, &obs, |_| None);
+        assert_eq!(first.len(), REPORTS_PER_ROUND);
+        let second = l.due(t0, &obs, |_| None);
+        assert_eq!(second.len(), 3, "the rest next round");
+        assert!(
+            l.due(t0 + Duration::from_secs(10), &obs, |_| None)
+                .is_empty(),
+            "not again within the interval"
+        );
+        // someone (another node) already reported a recent handshake: nothing to write
+        let mut fresh = ReportLimiter::default();
+        assert!(fresh
+            .due(t0, &obs, |_| Some(at - Duration::from_secs(30)))
+            .is_empty());
+        assert_eq!(
+            fresh
+                .due(t0, &obs, |_| Some(at - Duration::from_secs(120)))
+                .len(),
+            REPORTS_PER_ROUND
+        );
+    }
+
+    #[test]
+    fn relists_replace_the_map() {
+        let mut map = BTreeMap::new();
+        let mut pending = BTreeMap::new();
+        assert!(!apply_event(
+            &mut map,
+            &mut pending,
+            Event::Apply(node("a", None))
+        ));
+        assert!(!apply_event(&mut map, &mut pending, Event::Init));
+        assert!(!apply_event(
+            &mut map,
+            &mut pending,
+            Event::InitApply(node("b", None))
+        ));
+        assert!(apply_event(&mut map, &mut pending, Event::InitDone));
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["b"]);
+        apply_event(&mut map, &mut pending, Event::Delete(node("b", None)));
+        assert!(map.is_empty());
+    }
+}
