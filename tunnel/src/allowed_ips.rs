@@ -80,7 +80,9 @@ impl<T: Copy + PartialEq> Trie<T> {
 
     /// Removes the prefix if `owner` (when given) owns it; prunes emptied branches.
     fn remove(&mut self, key: u128, len: u8, owner: Option<T>) -> bool {
-        let Some(path) = self.path(key, len) else { return false };
+        let Some(path) = self.path(key, len) else {
+            return false;
+        };
         let leaf = path[path.len() - 1] as usize;
         match self.nodes[leaf].value {
             Some(v) if owner.is_none_or(|o| o == v) => self.nodes[leaf].value = None,

@@ -1,7 +1,6 @@
 //! The fixed primitives (whitepaper §5.4): BLAKE2s, HMAC-BLAKE2s, HKDF, ChaCha20-Poly1305 and
 //! XChaCha20-Poly1305. No cipher agility: there is exactly one choice for each.
 
-
 use blake2::digest::consts::U16;
 use blake2::digest::{FixedOutput, KeyInit as DigestKeyInit, Mac, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};

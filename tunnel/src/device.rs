@@ -4,16 +4,18 @@
 
 use crate::allowed_ips::AllowedIps;
 use crate::cookie::CookieChecker;
+use crate::crypto::Aead;
 use crate::index::{Entry, IndexTable, PeerId};
 use crate::ip;
-use crate::crypto::Aead;
 use crate::keypair::{open_data, seal_data, Keypair, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::messages::{self as msg, Kind};
 use crate::noise::{Handshake, Identity, Session};
 use crate::peer::Peer;
 use crate::ratelimiter::RateLimiter;
-use crate::timers::{Timer, JITTER_MAX_MS, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT, ZERO_KEY_MATERIAL_AFTER};
+use crate::timers::{
+    Timer, JITTER_MAX_MS, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT, ZERO_KEY_MATERIAL_AFTER,
+};
 use rand_core::{CryptoRng, OsRng, RngCore};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -278,7 +280,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
     }
 
     pub fn remove_peer(&mut self, id: PeerId) {
-        let Some(mut peer) = self.peers.get_mut(id).and_then(Option::take) else { return };
+        let Some(mut peer) = self.peers.get_mut(id).and_then(Option::take) else {
+            return;
+        };
         self.clear_handshake(&mut peer);
         self.clear_keypairs(&mut peer);
         self.allowed_ips.remove_all(id);
@@ -353,8 +357,12 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if packet.len() > MAX_PACKET {
             return Outcome::Dropped(Drop::TooLarge);
         }
-        let Some(dst) = ip::destination(packet) else { return Outcome::Dropped(Drop::InvalidInnerPacket) };
-        let Some(id) = self.allowed_ips.lookup(dst) else { return Outcome::Dropped(Drop::NoRoute) };
+        let Some(dst) = ip::destination(packet) else {
+            return Outcome::Dropped(Drop::InvalidInnerPacket);
+        };
+        let Some(id) = self.allowed_ips.lookup(dst) else {
+            return Outcome::Dropped(Drop::NoRoute);
+        };
         self.with_peer(id, |dev, peer| {
             if peer.endpoint.is_none() {
                 return Outcome::Dropped(Drop::NoEndpoint);
@@ -444,7 +452,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
 
     /// Turns a finished handshake into a keypair; its index now names the keypair.
     fn begin_session(&mut self, peer: &mut Peer, id: PeerId, s: Session, now: Clock) {
-        let Some(local) = peer.handshake.local_index.take() else { return };
+        let Some(local) = peer.handshake.local_index.take() else {
+            return;
+        };
         self.index.set(local, Entry::Keypair(id));
         let displaced = peer.keypairs.insert(Box::new(Keypair::new(&s, local, now.mono)));
         self.drop_keypairs(displaced);
@@ -465,7 +475,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
         }
         let index = self.new_handshake_index(peer, id);
         let mut m = [0u8; msg::INITIATION_LEN];
-        let Some(identity) = self.identity.as_ref() else { return };
+        let Some(identity) = self.identity.as_ref() else {
+            return;
+        };
         if !peer.handshake.create_initiation(identity, index, now.wall, &mut self.rng, &mut m) {
             self.index.remove(index);
             peer.handshake.local_index = None;
@@ -498,11 +510,18 @@ impl<R: RngCore + CryptoRng> Device<R> {
     /// Numbers one inner packet (possibly empty: a keepalive) under the current keypair and
     /// hands it out for sealing.
     fn seal_and_send(&mut self, peer: &mut Peer, packet: &[u8], out: &mut impl Output) -> bool {
-        let Some(kp) = peer.keypairs.current.as_deref_mut() else { return false };
-        let Some(counter) = kp.next_counter() else { return false };
+        let Some(kp) = peer.keypairs.current.as_deref_mut() else {
+            return false;
+        };
+        let Some(counter) = kp.next_counter() else {
+            return false;
+        };
         let padded = padded_len(packet.len(), self.mtu);
         if let Some(to) = peer.endpoint {
-            out.send_data(to, SealJob { key: kp.send_key(), receiver: kp.remote_index, counter, plaintext: packet, padded });
+            out.send_data(
+                to,
+                SealJob { key: kp.send_key(), receiver: kp.remote_index, counter, plaintext: packet, padded },
+            );
             peer.tx_bytes += (msg::DATA_OVERHEAD + padded) as u64;
         }
         true
@@ -510,7 +529,14 @@ impl<R: RngCore + CryptoRng> Device<R> {
 
     /// Sends staged packets then `extra` if a usable keypair exists; otherwise stages and
     /// starts a handshake (kernel wg_packet_send_staged_packets).
-    fn send_staged(&mut self, peer: &mut Peer, id: PeerId, extra: Option<&[u8]>, now: Clock, out: &mut impl Output) -> Outcome {
+    fn send_staged(
+        &mut self,
+        peer: &mut Peer,
+        id: PeerId,
+        extra: Option<&[u8]>,
+        now: Clock,
+        out: &mut impl Output,
+    ) -> Outcome {
         if peer.staged.is_empty() && extra.is_none() {
             return Outcome::Sent;
         }
@@ -564,7 +590,8 @@ impl<R: RngCore + CryptoRng> Device<R> {
     /// Rekey when the keypair has sent too much, or (initiator only) is over 120 s old.
     fn keep_key_fresh_on_send(&mut self, peer: &mut Peer, id: PeerId, now: Clock, out: &mut impl Output) {
         let stale = peer.keypairs.current.as_ref().is_some_and(|k| {
-            k.send_valid && (k.send_counter > REKEY_AFTER_MESSAGES || (k.is_initiator && now.mono >= k.birth + REKEY_AFTER_TIME))
+            k.send_valid
+                && (k.send_counter > REKEY_AFTER_MESSAGES || (k.is_initiator && now.mono >= k.birth + REKEY_AFTER_TIME))
         });
         if stale {
             self.initiate(peer, id, false, now, out);
@@ -576,7 +603,11 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if peer.timers.sent_lastminute_handshake {
             return;
         }
-        let stale = peer.keypairs.current.as_ref().is_some_and(|k| k.send_valid && k.is_initiator && now.mono >= k.birth + LAST_MINUTE);
+        let stale = peer
+            .keypairs
+            .current
+            .as_ref()
+            .is_some_and(|k| k.send_valid && k.is_initiator && now.mono >= k.birth + LAST_MINUTE);
         if stale {
             peer.timers.sent_lastminute_handshake = true;
             self.initiate(peer, id, false, now, out);
@@ -627,7 +658,14 @@ impl<R: RngCore + CryptoRng> Device<R> {
 
     /// mac1 first (no DH before it), then the load rule: cookies for the unproven, a token
     /// bucket for the proven. Returns whether the message may be processed.
-    fn admit_handshake(&mut self, kind: Kind, from: SocketAddr, m: &[u8], now: Clock, out: &mut impl Output) -> Result<(), Outcome> {
+    fn admit_handshake(
+        &mut self,
+        kind: Kind,
+        from: SocketAddr,
+        m: &[u8],
+        now: Clock,
+        out: &mut impl Output,
+    ) -> Result<(), Outcome> {
         let (mac1, mac2) = kind.mac_offsets().ok_or(Outcome::Dropped(Drop::NotWireGuard))?;
         let checker = self.checker.as_mut().ok_or(Outcome::Dropped(Drop::NoPrivateKey))?;
         if !checker.check_mac1(m, mac1) {
@@ -658,15 +696,28 @@ impl<R: RngCore + CryptoRng> Device<R> {
         Ok(())
     }
 
-    fn receive_handshake(&mut self, kind: Kind, from: SocketAddr, m: &[u8], now: Clock, out: &mut impl Output) -> Outcome {
+    fn receive_handshake(
+        &mut self,
+        kind: Kind,
+        from: SocketAddr,
+        m: &[u8],
+        now: Clock,
+        out: &mut impl Output,
+    ) -> Outcome {
         if let Err(o) = self.admit_handshake(kind, from, m, now, out) {
             return o;
         }
-        let Some(identity) = self.identity.as_ref() else { return Outcome::Dropped(Drop::NoPrivateKey) };
+        let Some(identity) = self.identity.as_ref() else {
+            return Outcome::Dropped(Drop::NoPrivateKey);
+        };
         let invalid = Outcome::Dropped(Drop::InvalidHandshake);
         if kind == Kind::Initiation {
-            let Some(partial) = Handshake::decrypt_initiation_static(identity, m) else { return invalid };
-            let Some(id) = self.peer_id(&partial.remote_static) else { return invalid };
+            let Some(partial) = Handshake::decrypt_initiation_static(identity, m) else {
+                return invalid;
+            };
+            let Some(id) = self.peer_id(&partial.remote_static) else {
+                return invalid;
+            };
             self.with_peer(id, |dev, peer| {
                 if !peer.handshake.consume_initiation(partial, m, now.mono) {
                     return invalid;
@@ -681,10 +732,16 @@ impl<R: RngCore + CryptoRng> Device<R> {
             .unwrap_or(invalid)
         } else {
             let receiver = msg::u32_at(m, msg::response::RECEIVER);
-            let Some(Entry::Handshake(id)) = self.index.get(receiver) else { return invalid };
+            let Some(Entry::Handshake(id)) = self.index.get(receiver) else {
+                return invalid;
+            };
             self.with_peer(id, |dev, peer| {
-                let Some(identity) = dev.identity.as_ref() else { return invalid };
-                let Some(session) = peer.handshake.consume_response(identity, m) else { return invalid };
+                let Some(identity) = dev.identity.as_ref() else {
+                    return invalid;
+                };
+                let Some(session) = peer.handshake.consume_response(identity, m) else {
+                    return invalid;
+                };
                 peer.endpoint = Some(from);
                 peer.rx_bytes += m.len() as u64;
                 peer.timers.any_authenticated_packet_received();
@@ -735,7 +792,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
             return Err(Outcome::Dropped(Drop::DeviceDown));
         }
         let local = msg::u32_at(d, msg::data::RECEIVER);
-        let Some(Entry::Keypair(id)) = self.index.get(local) else { return Err(Outcome::Dropped(Drop::UnknownIndex)) };
+        let Some(Entry::Keypair(id)) = self.index.get(local) else {
+            return Err(Outcome::Dropped(Drop::UnknownIndex));
+        };
         let peer = self.peer(id).ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
         let kp = [&peer.keypairs.current, &peer.keypairs.previous, &peer.keypairs.next]
             .into_iter()
@@ -754,11 +813,20 @@ impl<R: RngCore + CryptoRng> Device<R> {
     }
 
     /// Everything after a successful decryption of `d` in place (see `begin_data`).
-    pub fn finish_data(&mut self, from: SocketAddr, job: &OpenJob, d: &[u8], now: Clock, out: &mut impl Output) -> Outcome {
+    pub fn finish_data(
+        &mut self,
+        from: SocketAddr,
+        job: &OpenJob,
+        d: &[u8],
+        now: Clock,
+        out: &mut impl Output,
+    ) -> Outcome {
         let id = job.peer;
         self.with_peer(id, |dev, peer| {
             // The keypair may have been replaced while the packet was being opened.
-            let Some((slot, kp)) = peer.keypairs.find(job.local) else { return Outcome::Dropped(Drop::UnknownIndex) };
+            let Some((slot, kp)) = peer.keypairs.find(job.local) else {
+                return Outcome::Dropped(Drop::UnknownIndex);
+            };
             if !kp.replay.accept(job.counter) {
                 return Outcome::Dropped(Drop::Replay);
             }
@@ -783,7 +851,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 peer.rx_bytes += d.len() as u64;
                 return Outcome::Keepalive;
             }
-            let Some((src, len)) = ip::source_and_len(plain) else { return Outcome::Dropped(Drop::InvalidInnerPacket) };
+            let Some((src, len)) = ip::source_and_len(plain) else {
+                return Outcome::Dropped(Drop::InvalidInnerPacket);
+            };
             // Cryptokey routing on receive: the inner source must belong to this peer.
             if dev.allowed_ips.lookup(src) != Some(id) {
                 return Outcome::Dropped(Drop::SourceNotAllowed);

@@ -14,10 +14,10 @@ pub mod noise;
 pub mod peer;
 pub mod ratelimiter;
 pub mod replay;
+pub mod shell;
 pub mod tai64n;
 pub mod timers;
 pub mod uapi;
-pub mod shell;
 
 pub use device::{Clock, Device, Drop, Outcome, Output};
 pub use keys::{PresharedKey, PrivateKey, PublicKey};

@@ -24,7 +24,12 @@ struct Cli {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() < 16 && n != "." && n != ".." && !n.contains(['/', ':']) && !n.chars().any(char::is_whitespace)
+    !n.is_empty()
+        && n.len() < 16
+        && n != "."
+        && n != ".."
+        && !n.contains(['/', ':'])
+        && !n.chars().any(char::is_whitespace)
 }
 
 fn main() -> ExitCode {
@@ -95,11 +100,11 @@ fn daemonize(name: &str) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let verbose = std::env::var_os("LOG_LEVEL").is_some() || std::env::var_os("RUST_LOG").is_some();
     let mut cmd = Command::new(exe);
-    cmd.arg(name)
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(if verbose { Stdio::inherit() } else { Stdio::null() });
+    cmd.arg(name).env(CHILD_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(if verbose {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
     // SAFETY: setsid is async-signal-safe; it detaches the child from our session.
     unsafe {
         cmd.pre_exec(|| {

@@ -145,7 +145,9 @@ impl Handshake {
         rng: &mut (impl RngCore + CryptoRng),
         out: &mut [u8; msg::INITIATION_LEN],
     ) -> bool {
-        let Some(ss) = self.static_static.as_ref() else { return false };
+        let Some(ss) = self.static_static.as_ref() else {
+            return false;
+        };
         let (c0, h0) = initial_chain();
         // 1. C = C0; H = HASH(H0 ‖ S_r_pub)
         let mut ck = Zeroizing::new(*c0);
@@ -161,7 +163,9 @@ impl Handshake {
         ck = c;
         h = hash(&[&h, &eph_pub.0]);
         // 3. (C, k) = KDF2(C, DH(E_i, S_r_pub)); msg.static = AEAD(k, 0, S_i_pub, H); H = HASH(H ‖ msg.static)
-        let Some(k) = mix_dh(&mut ck, eph.dh(&self.remote_static.0)) else { return false };
+        let Some(k) = mix_dh(&mut ck, eph.dh(&self.remote_static.0)) else {
+            return false;
+        };
         let st = &mut out[ini::STATIC..ini::TIMESTAMP];
         st[..32].copy_from_slice(&identity.public.0);
         crypto::seal(&k, 0, &h, st);
@@ -206,7 +210,9 @@ impl Handshake {
 
     /// Step 4 and the replay/flood rules; commits the initiation to this peer's state.
     pub fn consume_initiation(&mut self, p: PartialInitiation, m: &[u8], now: Duration) -> bool {
-        let Some(ss) = self.static_static.as_ref() else { return false };
+        let Some(ss) = self.static_static.as_ref() else {
+            return false;
+        };
         let mut ck = p.chaining_key;
         // 4. (C, k) = KDF2(C, DH(S_r, S_i_pub)); t = AEAD-Open(k, 0, msg.timestamp, H); H = HASH(H ‖ msg.timestamp)
         let [c, k] = kdf::<2>(&ck, &**ss);

@@ -125,7 +125,9 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
         match key {
             "remove" => peer.remove = parse_bool(key, value)?,
             "update_only" => peer.update_only = parse_bool(key, value)?,
-            "preshared_key" => peer.preshared_key = Some(PresharedKey::from_hex(value).map_err(|_| invalid(key, value))?),
+            "preshared_key" => {
+                peer.preshared_key = Some(PresharedKey::from_hex(value).map_err(|_| invalid(key, value))?)
+            }
             "endpoint" => peer.endpoint = Some(parse_endpoint(value).ok_or_else(|| invalid(key, value))?),
             "persistent_keepalive_interval" => {
                 peer.persistent_keepalive = Some(value.parse().map_err(|_| invalid(key, value))?)
@@ -172,7 +174,9 @@ pub fn apply<R: RngCore + CryptoRng>(dev: &mut Device<R>, req: SetRequest, now: 
         if p.update_only && existing.is_none() {
             continue;
         }
-        let Some(id) = existing.or_else(|| dev.add_peer(pk)) else { continue };
+        let Some(id) = existing.or_else(|| dev.add_peer(pk)) else {
+            continue;
+        };
         if let Some(psk) = p.preshared_key {
             dev.set_preshared_key(id, psk);
         }

@@ -145,7 +145,7 @@ proptest! {
                 }
                 Op::Remove(a, l, p) => {
                     let (a, l) = canonical(a, l.min(bits(a).1)).unwrap();
-                    let owned = reference.iter().any(|e| *e == (a, l, p));
+                    let owned = reference.contains(&(a, l, p));
                     prop_assert_eq!(t.remove(a, l, p), owned);
                     reference.retain(|e| *e != (a, l, p));
                 }

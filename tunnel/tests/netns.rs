@@ -103,7 +103,10 @@ fn roaming_and_crypto_rp_filter() {
     p.lab.wg_set(n1, &p.iface[0], None, "listen-port 9997");
     assert!(!p.lab.ping(n1, "192.168.241.2", 1), "spoofed source must not get through");
     let ep = p.lab.exec_ok(n2, &["wg", "show", &p.iface[1], "endpoints"]);
-    assert!(ep.contains(&format!("{}\t10.77.0.1:9997", p.keys[0].public)), "endpoint roams before the source check: {ep}");
+    assert!(
+        ep.contains(&format!("{}\t10.77.0.1:9997", p.keys[0].public)),
+        "endpoint roams before the source check: {ep}"
+    );
 }
 
 #[test]
@@ -126,7 +129,15 @@ fn private_key_change_handshakes_immediately() {
     let k3 = genkey();
     p.lab.wg_set(&p.ns[0], &p.iface[0], Some(&k3.private), "");
     // Replace the peer in one `wg set`: remove the old key, add the new one.
-    p.lab.wg_set(&p.ns[1], &p.iface[1], None, &format!("peer {} remove peer {} endpoint 10.77.0.1:51001 allowed-ips 192.168.241.1/32,fd00::1/128", p.keys[0].public, k3.public));
+    p.lab.wg_set(
+        &p.ns[1],
+        &p.iface[1],
+        None,
+        &format!(
+            "peer {} remove peer {} endpoint 10.77.0.1:51001 allowed-ips 192.168.241.1/32,fd00::1/128",
+            p.keys[0].public, k3.public
+        ),
+    );
     let out = p.lab.exec(&p.ns[0], &["ping", "-c", "1", "-W", "1", "192.168.241.2"]);
     assert!(out.status.success(), "first ping after a key change must pass at once");
 }
@@ -149,7 +160,8 @@ fn low_order_public_keys_never_send() {
         "7f///////////////////////////////////////38=",
         "7v///////////////////////////////////////38=",
     ];
-    let peers: Vec<String> = low.iter().map(|k| format!("peer {k} persistent-keepalive 1 endpoint 10.77.0.2:51002")).collect();
+    let peers: Vec<String> =
+        low.iter().map(|k| format!("peer {k} persistent-keepalive 1 endpoint 10.77.0.2:51002")).collect();
     lab.wg_set(&n1, &i1, None, &peers.join(" "));
     let cap = format!("/tmp/{}.pcap", lab.id);
     let mut dump = std::process::Command::new("ip")
@@ -220,7 +232,10 @@ fn wg_tool_show_set_setconf_syncconf() {
     let p = pair(Impl::Ours, Impl::Ours, false);
     let (ns, i) = (&p.ns[0], &p.iface[0]);
     let show = p.lab.exec_ok(ns, &["wg", "show", i]);
-    assert!(show.contains(&format!("public key: {}", p.keys[0].public)) && show.contains("listening port: 51001"), "{show}");
+    assert!(
+        show.contains(&format!("public key: {}", p.keys[0].public)) && show.contains("listening port: 51001"),
+        "{show}"
+    );
     // dump: interface line then one line per peer, tab-separated.
     let all = p.lab.exec_ok(ns, &["wg", "show", "all", "dump"]);
     let line = all.lines().find(|l| l.starts_with(i.as_str())).unwrap();
@@ -247,7 +262,11 @@ fn wg_tool_show_set_setconf_syncconf() {
     let before = p.lab.exec_ok(ns, &["wg", "showconf", i]);
     let out = p.lab.exec(ns, &["wg", "set", i, "peer", "not-a-key", "allowed-ips", "10.9.0.0/16"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Key is not the correct length or format"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Key is not the correct length or format"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(p.lab.exec_ok(ns, &["wg", "showconf", i]), before);
     // setconf replaces everything; syncconf converges to a file; showconf round-trips.
     let dir = std::env::temp_dir().join(format!("wgconf{}", p.lab.id));
@@ -260,7 +279,10 @@ fn wg_tool_show_set_setconf_syncconf() {
     let d = p.lab.dump(ns, i);
     assert_eq!(d.len(), 2, "setconf replaced the peers: {d:?}");
     assert_eq!(d[1][0], k2.public);
-    let conf2 = format!("{conf}\n[Peer]\nPublicKey = {}\nAllowedIPs = 192.168.241.2/32\nEndpoint = 10.77.0.2:51002\n", p.keys[1].public);
+    let conf2 = format!(
+        "{conf}\n[Peer]\nPublicKey = {}\nAllowedIPs = 192.168.241.2/32\nEndpoint = 10.77.0.2:51002\n",
+        p.keys[1].public
+    );
     std::fs::write(&file, &conf2).unwrap();
     p.lab.exec_ok(ns, &["wg", "syncconf", i, file.to_str().unwrap()]);
     assert_eq!(p.lab.dump(ns, i).len(), 3);
@@ -307,12 +329,20 @@ fn wg_quick_up_and_down() {
         .unwrap();
     assert!(up.status.success(), "wg-quick up: {}", String::from_utf8_lossy(&up.stderr));
     let show = lab.exec_ok(&ns, &["wg", "show", &name]);
-    assert!(show.contains("listening port: 51820") && show.contains(&peer.public) && show.contains("persistent keepalive: every 25 seconds"), "{show}");
+    assert!(
+        show.contains("listening port: 51820")
+            && show.contains(&peer.public)
+            && show.contains("persistent keepalive: every 25 seconds"),
+        "{show}"
+    );
     let link = lab.exec_ok(&ns, &["ip", "link", "show", &name]);
     assert!(link.contains("mtu 1380") && link.contains("UP"), "{link}");
     let route = lab.exec_ok(&ns, &["ip", "route", "show", "10.44.1.0/24"]);
     assert!(route.contains(&name), "{route}");
-    let down = std::process::Command::new("ip").args(["netns", "exec", &ns, "wg-quick", "down", file.to_str().unwrap()]).output().unwrap();
+    let down = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "wg-quick", "down", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(down.status.success(), "wg-quick down: {}", String::from_utf8_lossy(&down.stderr));
     // The engine exits on its own once its interface is gone, removing its socket.
     let sock = format!("/var/run/wireguard/{name}.sock");
@@ -331,7 +361,8 @@ fn large_configuration_through_uapi() {
     let i = lab.engine(&ns, Impl::Ours, "l");
     let k = genkey();
     // netns.sh: one peer with 255×256×2 = 130,560 allowed IPs, plus 2,000 peers with 2 each.
-    let mut conf = format!("[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = ", k.private, genkey().public);
+    let mut conf =
+        format!("[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = ", k.private, genkey().public);
     let mut ips = Vec::with_capacity(130_560);
     for a in 0..255u32 {
         for b in 0..256u32 {
@@ -350,7 +381,8 @@ fn large_configuration_through_uapi() {
         }
         use base64::Engine as _;
         let pk = base64::engine::general_purpose::STANDARD.encode(key);
-        conf += &format!("\n[Peer]\nPublicKey = {pk}\nAllowedIPs = 172.16.{}.{}/32, fd01::{n:x}/128\n", n / 256, n % 256);
+        conf +=
+            &format!("\n[Peer]\nPublicKey = {pk}\nAllowedIPs = 172.16.{}.{}/32, fd01::{n:x}/128\n", n / 256, n % 256);
     }
     let file = std::env::temp_dir().join(format!("large{}.conf", lab.id));
     std::fs::write(&file, conf).unwrap();
@@ -393,7 +425,8 @@ fn allowed_ip_removal_of_one_prefix_over_raw_uapi() {
         }
         resp
     }
-    write!(s, "set=1\npublic_key={hex}\nallowed_ip=-10.0.0.3/32\nallowed_ip=-10.0.0.7/32\nallowed_ip=-10.9.9.9/32\n\n").unwrap();
+    write!(s, "set=1\npublic_key={hex}\nallowed_ip=-10.0.0.3/32\nallowed_ip=-10.0.0.7/32\nallowed_ip=-10.9.9.9/32\n\n")
+        .unwrap();
     assert_eq!(reply(&mut s), "errno=0\n\n");
     // A second operation on the same connection works too.
     write!(s, "get=1\n\n").unwrap();
@@ -426,7 +459,11 @@ fn clear_errors_and_exit_codes() {
     // Without CAP_NET_ADMIN: a clear message, non-zero.
     let out = run(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", OURS, "-f", "wgnoperm0"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&[OURS, "--help"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--foreground"));
     // Port in use: `wg set` reports the error and the old port stays.
@@ -437,7 +474,11 @@ fn clear_errors_and_exit_codes() {
     let blocker = in_ns(&ns, || UdpSocket::bind("0.0.0.0:51011").unwrap());
     let out = lab.exec(&ns, &["wg", "set", &i, "listen-port", "51011"]);
     assert!(!out.status.success(), "binding a used port must fail");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Address already in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Address already in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
     drop(blocker);
 }

@@ -65,7 +65,9 @@ fn ip_checksum_ok(p: &[u8]) -> bool {
 fn one_flow_coalesces_then_splits_back() {
     let mss = 1000;
     let payload: Vec<u8> = (0..10 * mss).map(|i| (i * 7) as u8).collect();
-    let segs: Vec<Vec<u8>> = (0..10).map(|i| segment(1000 + (i * mss) as u32, 100 + i as u16, &payload[i * mss..(i + 1) * mss], 0x10)).collect();
+    let segs: Vec<Vec<u8>> = (0..10)
+        .map(|i| segment(1000 + (i * mss) as u32, 100 + i as u16, &payload[i * mss..(i + 1) * mss], 0x10))
+        .collect();
     for s in &segs {
         assert!(ip_checksum_ok(s) && tcp_checksum_ok(s));
     }

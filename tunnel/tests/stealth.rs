@@ -22,7 +22,10 @@ fn setup() -> (Net, Vec<Vec<u8>>) {
     net.run_for(secs(130));
     // Sent under a 131 s old keypair: the data goes out and a rekey initiation is in flight.
     net.ping(0, 1);
-    assert_eq!(net.devs[0].peer(net.peer(0, 1)).unwrap().handshake.state, wgmesh_tunnel::noise::State::CreatedInitiation);
+    assert_eq!(
+        net.devs[0].peer(net.peer(0, 1)).unwrap().handshake.state,
+        wgmesh_tunnel::noise::State::CreatedInitiation
+    );
     (net, samples)
 }
 
@@ -32,7 +35,12 @@ fn arb_input(samples: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..300),
         // A type word that passes the length gate, with random contents.
         (1u8..=4, prop::collection::vec(any::<u8>(), 28..200)).prop_map(|(t, mut b)| {
-            let len = match t { 1 => 148, 2 => 92, 3 => 64, _ => b.len() + 4 };
+            let len = match t {
+                1 => 148,
+                2 => 92,
+                3 => 64,
+                _ => b.len() + 4,
+            };
             b.resize(len - 4, 0);
             let mut v = vec![t, 0, 0, 0];
             v.extend(b);

@@ -22,8 +22,17 @@ fn errno_values_match_wireguard_go() {
     assert_eq!(uapi::parse_set(["private_key=xyz"]).unwrap_err().errno(), -22);
     assert_eq!(uapi::parse_set(["replace_peers=false"]).unwrap_err().errno(), -22, "only `true` is meaningful");
     let peer = format!("public_key={pk}");
-    for bad in ["endpoint=1.2.3.4", "endpoint=[::1]", "allowed_ip=10.0.0.0/33", "allowed_ip=fd00::/129", "allowed_ip=-x",
-        "persistent_keepalive_interval=65536", "protocol_version=2", "preshared_key=00", "fwmark=1"] {
+    for bad in [
+        "endpoint=1.2.3.4",
+        "endpoint=[::1]",
+        "allowed_ip=10.0.0.0/33",
+        "allowed_ip=fd00::/129",
+        "allowed_ip=-x",
+        "persistent_keepalive_interval=65536",
+        "protocol_version=2",
+        "preshared_key=00",
+        "fwmark=1",
+    ] {
         assert_eq!(uapi::parse_set([peer.as_str(), bad]).unwrap_err().errno(), -22, "{bad}");
     }
     assert_eq!(UapiError::AddrInUse(String::new()).errno(), -98);
@@ -42,15 +51,33 @@ fn get_lists_everything_in_wireguard_go_order() {
     let keys: Vec<&str> = text.lines().map(|l| l.split('=').next().unwrap()).collect();
     assert_eq!(
         keys,
-        vec!["private_key", "listen_port", "fwmark", "public_key", "preshared_key", "protocol_version", "endpoint",
-            "last_handshake_time_sec", "last_handshake_time_nsec", "tx_bytes", "rx_bytes",
-            "persistent_keepalive_interval", "allowed_ip", "allowed_ip", "errno", ""]
+        vec![
+            "private_key",
+            "listen_port",
+            "fwmark",
+            "public_key",
+            "preshared_key",
+            "protocol_version",
+            "endpoint",
+            "last_handshake_time_sec",
+            "last_handshake_time_nsec",
+            "tx_bytes",
+            "rx_bytes",
+            "persistent_keepalive_interval",
+            "allowed_ip",
+            "allowed_ip",
+            "errno",
+            ""
+        ]
     );
     assert!(text.ends_with("errno=0\n\n"));
     assert!(text.contains(&format!("public_key={}\n", net.keys[1].to_hex())));
     assert!(text.contains(&format!("last_handshake_time_sec={}\n", net.clock.wall.as_secs())), "Unix epoch seconds");
     assert!(text.contains("preshared_key=0000000000000000000000000000000000000000000000000000000000000000\n"));
-    assert!(text.contains("endpoint=10.0.0.2:51820\n") && text.contains("allowed_ip=192.168.241.2/32\nallowed_ip=fd00::2/128\n"));
+    assert!(
+        text.contains("endpoint=10.0.0.2:51820\n")
+            && text.contains("allowed_ip=192.168.241.2/32\nallowed_ip=fd00::2/128\n")
+    );
     // Out: initiation 148 + ping 128 + the keepalive sent when persistent keepalive went on.
     assert!(text.contains("tx_bytes=308\nrx_bytes=92\n"), "{text}");
     assert!(!text.contains(|c: char| c.is_ascii_uppercase()), "hex is lowercase");
@@ -75,7 +102,8 @@ fn set_semantics_remove_update_only_replace() {
     set(&mut net, 0, &format!("public_key={k2}\nremove=true")).unwrap();
     assert_eq!(net.devs[0].peer_ids().len(), 1);
     let own = net.keys[0].to_hex();
-    set(&mut net, 0, &format!("replace_peers=true\npublic_key={own}\nallowed_ip=10.9.0.0/16\npublic_key={new}")).unwrap();
+    set(&mut net, 0, &format!("replace_peers=true\npublic_key={own}\nallowed_ip=10.9.0.0/16\npublic_key={new}"))
+        .unwrap();
     assert_eq!(net.devs[0].peer_ids().len(), 1);
     assert_eq!(net.devs[0].peer(net.devs[0].peer_ids()[0]).unwrap().public_key.to_hex(), new);
     // An all-zero private key clears ours.
@@ -88,7 +116,9 @@ fn a_rejected_request_changes_nothing() {
     let mut net = Net::new(2);
     let before = uapi::get(&net.devs[0], 0, 0);
     let k1 = net.keys[1].to_hex();
-    let err = set(&mut net, 0, &format!("replace_peers=true\npublic_key={k1}\nallowed_ip=10.0.0.0/8\nendpoint=nonsense")).unwrap_err();
+    let err =
+        set(&mut net, 0, &format!("replace_peers=true\npublic_key={k1}\nallowed_ip=10.0.0.0/8\nendpoint=nonsense"))
+            .unwrap_err();
     assert_eq!(err.errno(), -22);
     assert_eq!(uapi::get(&net.devs[0], 0, 0), before);
 }

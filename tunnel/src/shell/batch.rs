@@ -106,7 +106,11 @@ impl Batch {
             let (mut end, mut n) = (first.end, 1);
             i += 1;
             while let Some((t, r)) = self.sends.get(i) {
-                let fits = *t == to && r.start == end && r.len() <= seg && n < max_segments && r.end - first.start <= max_bytes;
+                let fits = *t == to
+                    && r.start == end
+                    && r.len() <= seg
+                    && n < max_segments
+                    && r.end - first.start <= max_bytes;
                 if !fits {
                     break;
                 }

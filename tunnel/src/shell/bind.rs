@@ -52,9 +52,19 @@ pub struct Bind {
 fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: the option value is a live i32 of the size given.
     let r = unsafe {
-        libc::setsockopt(fd, level, name, &value as *const i32 as *const libc::c_void, std::mem::size_of::<i32>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        )
     };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn open(addr: SocketAddr, fwmark: u32) -> io::Result<Socket4or6> {
@@ -98,7 +108,10 @@ impl Bind {
             match open(SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)), fwmark) {
                 Ok(v6) => return Ok(Bind { v4: Some(v4), v6: Some(v6), port: bound }),
                 // No IPv6 on this host: run IPv4 only.
-                Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                        || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+                {
                     return Ok(Bind { v4: Some(v4), v6: None, port: bound })
                 }
                 Err(e) => last_err = Some(e),
@@ -115,6 +128,10 @@ impl Bind {
     }
 
     pub fn socket_for(&self, to: SocketAddr) -> Option<&Socket4or6> {
-        if to.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() }
+        if to.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
     }
 }

@@ -93,14 +93,21 @@ impl Engine {
                 .build_sync()
         };
         let tun = build(true)
-            .or_else(|e| if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP)) { build(false) } else { Err(e) })
+            .or_else(|e| {
+                if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP)) {
+                    build(false)
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENODEV) => StartError::TunMissing(name.into()),
                 Some(libc::EPERM) | Some(libc::EACCES) => StartError::NoPermission(name.into()),
                 _ => StartError::Tun(name.into(), e),
             })?;
         tun.set_nonblocking(true).map_err(|e| StartError::Tun(name.into(), e))?;
-        let listener = ipc::listen(&socket_path).map_err(|e| StartError::Socket(socket_path.display().to_string(), e))?;
+        let listener =
+            ipc::listen(&socket_path).map_err(|e| StartError::Socket(socket_path.display().to_string(), e))?;
         let engine = Arc::new(Engine {
             name: name.into(),
             socket_path,
@@ -203,7 +210,8 @@ impl Engine {
         let mut out = TunWriter::default();
         // (buffer, offset, length, source) of every datagram in a receive batch, and its check.
         let mut segs: Vec<(usize, usize, usize, std::net::SocketAddr)> = Vec::with_capacity(BATCH * 64);
-        let mut jobs: Vec<Option<Result<crate::device::OpenJob, crate::device::Outcome>>> = Vec::with_capacity(BATCH * 64);
+        let mut jobs: Vec<Option<Result<crate::device::OpenJob, crate::device::Outcome>>> =
+            Vec::with_capacity(BATCH * 64);
         while !self.stopped() {
             let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
@@ -217,10 +225,18 @@ impl Engine {
             let n = {
                 // On the stack: no allocation per batch.
                 let mut it = bufs.iter_mut();
-                let mut slices: [IoSliceMut<'_>; UDP_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
+                let mut slices: [IoSliceMut<'_>; UDP_BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
                 match sock.recv(&mut slices, &mut meta) {
                     Ok(n) => n,
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "UDP receive failed");
                         std::thread::sleep(Duration::from_millis(20));
@@ -242,7 +258,11 @@ impl Engine {
                 let st = self.lock();
                 for &(i, o, len, _) in &segs {
                     let d = &bufs[i][o..o + len];
-                    jobs.push(if crate::messages::classify(d) == Some(crate::messages::Kind::Data) { Some(st.dev.begin_data(d, clock)) } else { None });
+                    jobs.push(if crate::messages::classify(d) == Some(crate::messages::Kind::Data) {
+                        Some(st.dev.begin_data(d, clock))
+                    } else {
+                        None
+                    });
                 }
             }
             open_all(&mut bufs, &segs, &mut jobs);
@@ -406,7 +426,9 @@ fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, std::net::Socket
             let Some((bi, b)) = iter.next() else { return };
             current = Some((bi, &mut b[..], 0));
         }
-        let Some((bi, buf, at)) = current.take() else { return };
+        let Some((bi, buf, at)) = current.take() else {
+            return;
+        };
         let (_, tail) = buf.split_at_mut(o - at);
         let (seg, tail) = tail.split_at_mut(len);
         slices.push(seg);
@@ -475,6 +497,6 @@ fn link_flags(name: &str) -> Option<u32> {
         }
         let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
         libc::close(fd);
-        (r == 0).then(|| req.ifr_ifru.ifru_flags as u16 as u32)
+        (r == 0).then_some(req.ifr_ifru.ifru_flags as u16 as u32)
     }
 }

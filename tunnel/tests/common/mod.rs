@@ -175,7 +175,9 @@ impl Net {
             if !(self.link)(&f) {
                 continue;
             }
-            let Some(to) = self.addrs.iter().position(|a| *a == f.to) else { continue };
+            let Some(to) = self.addrs.iter().position(|a| *a == f.to) else {
+                continue;
+            };
             let mut c = Collect::default();
             let mut buf = f.bytes.clone();
             let o = self.devs[to].handle_udp(self.addrs[f.from], &mut buf, self.clock, &mut c);
@@ -226,11 +228,18 @@ pub fn fingerprint(d: &Dev) -> String {
         let kp = |k: &Option<Box<wgmesh_tunnel::keypair::Keypair>>| k.as_ref().map(|k| (k.local_index, k.send_counter));
         s += &format!(
             "[{:?} {:?} {:?} rx={} tx={} hs={:?} {:?} {:?} {:?} staged={} t={:?}]",
-            p.public_key, p.endpoint, p.last_handshake, p.rx_bytes, p.tx_bytes, p.handshake.state,
-            kp(&p.keypairs.previous), kp(&p.keypairs.current), kp(&p.keypairs.next), p.staged.len(),
+            p.public_key,
+            p.endpoint,
+            p.last_handshake,
+            p.rx_bytes,
+            p.tx_bytes,
+            p.handshake.state,
+            kp(&p.keypairs.previous),
+            kp(&p.keypairs.current),
+            kp(&p.keypairs.next),
+            p.staged.len(),
             wgmesh_tunnel::timers::ALL.map(|t| p.timers.deadline(t)),
         );
     }
     s
 }
-

@@ -20,7 +20,10 @@ pub fn require_root_and_tools() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "netns tests need root (network namespaces, TUN)");
     for tool in ["ip", "wg", "wireguard-go", "ping", "tcpdump", "wg-quick"] {
         let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
-        assert!(ok.unwrap_or(false), "{tool} is missing: apt-get install wireguard-tools wireguard-go iputils-ping tcpdump iproute2");
+        assert!(
+            ok.unwrap_or(false),
+            "{tool} is missing: apt-get install wireguard-tools wireguard-go iputils-ping tcpdump iproute2"
+        );
     }
 }
 
@@ -31,7 +34,12 @@ pub fn run(args: &[&str]) -> Output {
 
 pub fn ok(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -120,7 +128,11 @@ impl Lab {
             Impl::Ours => OURS,
             Impl::WireguardGo => "wireguard-go",
         };
-        let out = Command::new("ip").args(["netns", "exec", ns, bin, &name]).envs(env.iter().copied()).output().expect("start engine");
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, bin, &name])
+            .envs(env.iter().copied())
+            .output()
+            .expect("start engine");
         assert!(out.status.success(), "{bin} {name}: {}", String::from_utf8_lossy(&out.stderr));
         self.ifaces.push((ns.to_string(), name.clone()));
         name
@@ -230,9 +242,35 @@ pub fn pair_env(a: Impl, b: Impl, outer6: bool, env: &[(&str, &str)]) -> Pair {
     let i2 = lab.engine_env(&n2, b, "b", env);
     let keys = [genkey(), genkey()];
     let ports = [51001, 51002];
-    let ep = |host: u8, port: u16| if outer6 { format!("[fd{net:02x}::{host}]:{port}") } else { format!("10.{net}.0.{host}:{port}") };
-    lab.wg_set(&n1, &i1, Some(&keys[0].private), &format!("listen-port {} peer {} endpoint {} allowed-ips 192.168.241.2/32,fd00::2/128", ports[0], keys[1].public, ep(2, ports[1])));
-    lab.wg_set(&n2, &i2, Some(&keys[1].private), &format!("listen-port {} peer {} endpoint {} allowed-ips 192.168.241.1/32,fd00::1/128", ports[1], keys[0].public, ep(1, ports[0])));
+    let ep = |host: u8, port: u16| {
+        if outer6 {
+            format!("[fd{net:02x}::{host}]:{port}")
+        } else {
+            format!("10.{net}.0.{host}:{port}")
+        }
+    };
+    lab.wg_set(
+        &n1,
+        &i1,
+        Some(&keys[0].private),
+        &format!(
+            "listen-port {} peer {} endpoint {} allowed-ips 192.168.241.2/32,fd00::2/128",
+            ports[0],
+            keys[1].public,
+            ep(2, ports[1])
+        ),
+    );
+    lab.wg_set(
+        &n2,
+        &i2,
+        Some(&keys[1].private),
+        &format!(
+            "listen-port {} peer {} endpoint {} allowed-ips 192.168.241.1/32,fd00::1/128",
+            ports[1],
+            keys[0].public,
+            ep(1, ports[0])
+        ),
+    );
     lab.up(&n1, &i1, &["192.168.241.1/24", "fd00::1/112"]);
     lab.up(&n2, &i2, &["192.168.241.2/24", "fd00::2/112"]);
     // The engines notice link-up within a tick and bind their sockets.
