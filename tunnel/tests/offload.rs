@@ -61,6 +61,15 @@ fn ip_checksum_ok(p: &[u8]) -> bool {
     fold(add(&p[..20])) == 0
 }
 
+/// A packet behind virtio-header room, in a buffer with the room to grow the engine's have
+/// (coalescing appends to the first buffer of a flow).
+fn with_headroom(packet: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65536);
+    b.resize(VIRTIO_NET_HDR_LEN, 0);
+    b.extend_from_slice(packet);
+    b
+}
+
 #[test]
 fn one_flow_coalesces_then_splits_back() {
     let mss = 1000;
@@ -71,16 +80,7 @@ fn one_flow_coalesces_then_splits_back() {
     for s in &segs {
         assert!(ip_checksum_ok(s) && tcp_checksum_ok(s));
     }
-    let mut bufs: Vec<Vec<u8>> = segs
-        .iter()
-        .map(|s| {
-            // Coalescing appends to the first buffer: it needs the room the engine's have.
-            let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65536);
-            b.resize(VIRTIO_NET_HDR_LEN, 0);
-            b.extend_from_slice(s);
-            b
-        })
-        .collect();
+    let mut bufs: Vec<Vec<u8>> = segs.iter().map(|s| with_headroom(s)).collect();
     let (mut tcp, mut udp, mut to_write) = (Default::default(), Default::default(), Vec::new());
     handle_gro(&mut bufs, VIRTIO_NET_HDR_LEN, &mut tcp, &mut udp, false, &mut to_write).unwrap();
     assert_eq!(to_write, vec![0], "ten segments of one flow become one write");
@@ -114,16 +114,7 @@ fn different_flows_and_a_sequence_gap_are_not_merged() {
     let a3 = segment(1 + 3 * mss as u32, 3, &p, 0x10);
     // SYN is never coalesced.
     let syn = segment(9000, 4, &[], 0x02);
-    let mut bufs: Vec<Vec<u8>> = [a0, a1, a3, syn]
-        .iter()
-        .map(|s| {
-            // Coalescing appends to the first buffer: it needs the room the engine's have.
-            let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65536);
-            b.resize(VIRTIO_NET_HDR_LEN, 0);
-            b.extend_from_slice(s);
-            b
-        })
-        .collect();
+    let mut bufs: Vec<Vec<u8>> = [a0, a1, a3, syn].iter().map(|s| with_headroom(s)).collect();
     let (mut tcp, mut udp, mut to_write) = (Default::default(), Default::default(), Vec::new());
     handle_gro(&mut bufs, VIRTIO_NET_HDR_LEN, &mut tcp, &mut udp, false, &mut to_write).unwrap();
     assert_eq!(to_write, vec![0, 2, 3]);
