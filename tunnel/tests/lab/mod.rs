@@ -273,7 +273,14 @@ pub fn pair_env(a: Impl, b: Impl, outer6: bool, env: &[(&str, &str)]) -> Pair {
     );
     lab.up(&n1, &i1, &["192.168.241.1/24", "fd00::1/112"]);
     lab.up(&n2, &i2, &["192.168.241.2/24", "fd00::2/112"]);
-    // The engines notice link-up within a tick and bind their sockets.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The engines bind their sockets once they notice link-up: wait for both, however
+    // loaded the machine is, so the first packet is never sent into a closed port.
+    let t = std::time::Instant::now();
+    for (ns, port) in [(&n1, ports[0]), (&n2, ports[1])] {
+        while !lab.exec_ok(ns, &["ss", "-Hlun"]).contains(&format!(":{port} ")) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(10), "engine in {ns} never bound port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     Pair { lab, ns: [n1, n2], iface: [i1, i2], keys, ports, veth, net }
 }
