@@ -495,8 +495,39 @@ impl Agent {
                     .map_err(nl_err(format!("delete route {}", r.dst)))?;
             }
         }
+        self.sync_rules(&want, allow_delete)
+    }
+
+    // before the first read of the source: add the drops and the rule, remove nothing
+    fn ensure_drops_only(&mut self) -> Result<(), AgentError> {
+        let link = self
+            .nl
+            .link(&self.cfg.interface)
+            .map_err(nl_err("list links"))?;
+        let keep: Vec<_> = self
+            .nl
+            .routes(self.cfg.table)
+            .map_err(nl_err("list routes"))?;
+        let want = desired_routes(&self.routing_inputs(link.map(|l| l.index)));
+        for r in want.values() {
+            if matches!(r.kind, RouteKind::Unreachable) && !keep.iter().any(|k| k.dst == r.dst) {
+                self.nl
+                    .replace_route(r)
+                    .map_err(nl_err(format!("add route {}", r.dst)))?;
+            }
+        }
+        self.sync_rules(&want, false)
+    }
+
+    /// The policy rule that selects our table: added when missing, removed when stale and
+    /// `allow_delete` says removing is safe.
+    fn sync_rules(
+        &mut self,
+        want: &BTreeMap<IpCidr, crate::routes::Route>,
+        allow_delete: bool,
+    ) -> Result<(), AgentError> {
         let rules = desired_rules(
-            &want,
+            want,
             self.cfg.rule_priority,
             self.cfg.table,
             self.cfg.fwmark,
@@ -525,47 +556,6 @@ impl Agent {
                 );
                 self.nl.delete_rule(r).map_err(nl_err("delete rule"))?;
             }
-        }
-        Ok(())
-    }
-
-    // before the first read of the source: add the drops and the rule, remove nothing
-    fn ensure_drops_only(&mut self) -> Result<(), AgentError> {
-        let link = self
-            .nl
-            .link(&self.cfg.interface)
-            .map_err(nl_err("list links"))?;
-        let keep: Vec<_> = self
-            .nl
-            .routes(self.cfg.table)
-            .map_err(nl_err("list routes"))?;
-        let want = desired_routes(&self.routing_inputs(link.map(|l| l.index)));
-        for r in want.values() {
-            if matches!(r.kind, RouteKind::Unreachable) && !keep.iter().any(|k| k.dst == r.dst) {
-                self.nl
-                    .replace_route(r)
-                    .map_err(nl_err(format!("add route {}", r.dst)))?;
-            }
-        }
-        self.sync_routes_rules_only(&want)
-    }
-
-    fn sync_routes_rules_only(
-        &mut self,
-        want: &BTreeMap<IpCidr, crate::routes::Route>,
-    ) -> Result<(), AgentError> {
-        let rules = desired_rules(
-            want,
-            self.cfg.rule_priority,
-            self.cfg.table,
-            self.cfg.fwmark,
-        );
-        let have = self
-            .nl
-            .rules(self.cfg.table, self.cfg.rule_priority)
-            .map_err(nl_err("list rules"))?;
-        for r in diff_rules(&have, &rules).0 {
-            self.nl.add_rule(&r).map_err(nl_err("add rule"))?;
         }
         Ok(())
     }
