@@ -796,11 +796,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             return Err(Outcome::Dropped(Drop::UnknownIndex));
         };
         let peer = self.peer(id).ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
-        let kp = [&peer.keypairs.current, &peer.keypairs.previous, &peer.keypairs.next]
-            .into_iter()
-            .flatten()
-            .find(|k| k.local_index == local)
-            .ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
+        let kp = peer.keypairs.get(local).ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
         if !kp.can_receive(now.mono) {
             return Err(Outcome::Dropped(Drop::KeypairExpired));
         }

@@ -110,6 +110,15 @@ pub struct Keypairs {
 }
 
 impl Keypairs {
+    /// The keypair with this local index, read-only (the receive path's pre-checks).
+    pub fn get(&self, local_index: u32) -> Option<&Keypair> {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+            .map(|k| &**k)
+            .find(|k| k.local_index == local_index)
+    }
+
     pub fn find(&mut self, local_index: u32) -> Option<(Slot, &mut Keypair)> {
         let Self { previous, current, next } = self;
         [(Slot::Current, current), (Slot::Previous, previous), (Slot::Next, next)]

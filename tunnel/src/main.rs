@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::Ordering;
 use wgmesh_tunnel::shell::Engine;
 
 /// Set in the daemon child: its stdout is the pipe on which it reports readiness.
@@ -76,7 +75,6 @@ fn main() -> ExitCode {
         }
     }
     engine.run(listener);
-    let _ = engine.stop.load(Ordering::Relaxed);
     ExitCode::SUCCESS
 }
 
