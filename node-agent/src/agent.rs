@@ -87,12 +87,21 @@ impl DesiredSource {
             DesiredSource::Kube(k) => Ok(k.poll()),
         }
     }
+
+    fn publish_key(&self, key: PublicKey) {
+        if let DesiredSource::Kube(k) = self {
+            k.set_public_key(key);
+        }
+    }
 }
 
 pub struct Agent {
     cfg: AgentConfig,
     key: PrivateKey,
     public_key: PublicKey,
+    key_stamp: Option<key::FileStamp>,
+    /// Peer name → key last applied, so a peer's key rotation becomes a rename.
+    applied_names: BTreeMap<String, PublicKey>,
     engine: Engine,
     nl: Netlink,
     source: DesiredSource,
@@ -120,14 +129,7 @@ impl Agent {
             public_key = %public_key,
             "node key loaded"
         );
-        if let Some(p) = &cfg.public_key_file {
-            crate::atomic::write_atomic(p, format!("{public_key}\n").as_bytes(), 0o644).map_err(
-                |source| AgentError::File {
-                    path: p.clone(),
-                    source,
-                },
-            )?;
-        }
+        write_public_key_file(&cfg, public_key)?;
         let nl = Netlink::new().map_err(nl_err("open socket"))?;
         let source = match &cfg.source {
             Source::File { dir } => DesiredSource::File(FileSource::new(dir.clone())),
@@ -150,6 +152,8 @@ impl Agent {
         Ok(Agent {
             engine: Engine::new(&cfg.interface, &cfg.engine_binary, cfg.engine_mode),
             readiness: Readiness::new(&cfg.readiness_path),
+            key_stamp: key::FileStamp::of(&cfg.private_key_path),
+            applied_names: BTreeMap::new(),
             cfg,
             key,
             public_key,
@@ -216,6 +220,7 @@ impl Agent {
 
     /// One reconcile pass.
     pub fn tick(&mut self) -> Result<(), AgentError> {
+        self.reload_key()?;
         let source_result = self.refresh_desired();
         if self.input.is_none() {
             // never reconcile peers against an unread source: that would remove them all
@@ -263,6 +268,36 @@ impl Agent {
                 self.cfg.node_name
             )));
         }
+        Ok(())
+    }
+
+    /// Picks up a key rotated on disk (`wgmesh-node-agent rotate-key`): the engine moves to
+    /// it on this tick, keeping live sessions, and the new public key is published.
+    fn reload_key(&mut self) -> Result<(), AgentError> {
+        let path = &self.cfg.private_key_path;
+        let stamp = key::FileStamp::of(path);
+        if stamp == self.key_stamp {
+            return Ok(());
+        }
+        if stamp.is_none() {
+            // deleted under us: keep the identity rather than mint a new one on restart
+            tracing::warn!(path = %path.display(), "private key file vanished; writing it back");
+            key::store(path, &self.key)?;
+            self.key_stamp = key::FileStamp::of(path);
+            return Ok(());
+        }
+        let (k, _) = key::load_or_create(path)?;
+        self.key_stamp = stamp;
+        if k == self.key {
+            return Ok(());
+        }
+        let public_key = k.public_key();
+        tracing::info!(old = %self.public_key, new = %public_key, "node key rotated; moving the engine to it");
+        self.key = k;
+        self.public_key = public_key;
+        write_public_key_file(&self.cfg, public_key)?;
+        self.source.publish_key(public_key);
+        self.resolved_at = None;
         Ok(())
     }
 
@@ -419,8 +454,20 @@ impl Agent {
                     .is_none_or(|t| now.duration_since(*t) >= KICK_EVERY)
             })
             .collect();
-        let p = plan(&observed, &desired, &self.applied_endpoints, &may_kick);
+        let p = plan(
+            &observed,
+            &desired,
+            &self.applied_endpoints,
+            &may_kick,
+            &self.applied_names,
+        );
+        let names = self
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.public_key))
+            .collect();
         if p.is_empty() {
+            self.applied_names = names;
             return Ok(());
         }
         let changes = !(p.update.is_empty()
@@ -436,11 +483,19 @@ impl Agent {
                 added = p.update.iter().filter(|u| u.create).count(),
                 updated = p.update.iter().filter(|u| !u.create).count(),
                 removed = p.remove.len(),
+                renamed = p.update.iter().filter(|u| u.rename_from.is_some()).count(),
                 "configuring engine"
             );
         }
         client.set(&p.render(&self.key))?;
+        self.applied_names = names;
         for u in &p.update {
+            if let (Some(old), Some(new)) = (u.rename_from, u.public_key) {
+                if let Some(ep) = self.applied_endpoints.remove(&old) {
+                    self.applied_endpoints.insert(new, ep);
+                }
+                self.kicked.remove(&old);
+            }
             if let (Some(k), Some(ep)) = (u.public_key, u.endpoint) {
                 self.applied_endpoints.insert(k, ep);
             }
@@ -559,6 +614,18 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+fn write_public_key_file(cfg: &AgentConfig, key: PublicKey) -> Result<(), AgentError> {
+    let Some(p) = &cfg.public_key_file else {
+        return Ok(());
+    };
+    crate::atomic::write_atomic(p, format!("{key}\n").as_bytes(), 0o644).map_err(|source| {
+        AgentError::File {
+            path: p.clone(),
+            source,
+        }
+    })
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

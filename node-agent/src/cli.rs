@@ -1,4 +1,4 @@
-//! Command line: `run`, `cleanup`, `pubkey`.
+//! Command line: `run`, `cleanup`, `pubkey`, `rotate-key`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -34,6 +34,9 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Print the node's public key, generating the private key first if there is none.
     Pubkey(KeyArgs),
+    /// Replace the node's private key with a fresh one and print the new public key; the
+    /// running agent picks it up and keeps every session alive through the change.
+    RotateKey(KeyArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

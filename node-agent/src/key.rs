@@ -123,6 +123,41 @@ pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyError> {
     }
 }
 
+/// Deliberate rotation: a fresh key replaces the one at `path` atomically (0600). A running
+/// agent notices the new file, moves the engine to it keeping live sessions, and publishes
+/// the new public key; peers switch to it with one handshake and lose no packet.
+pub fn rotate(path: &Path) -> Result<PrivateKey, KeyError> {
+    if let Err(source) = std::fs::metadata(path) {
+        return Err(KeyError::Read {
+            path: path.into(),
+            source,
+        });
+    }
+    let key = PrivateKey::generate();
+    store(path, &key)?;
+    Ok(key)
+}
+
+/// Identity of the key file's current content (a rotation writes a new inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
 /// Writes `key` to `path` (0600, atomic), creating the directory 0700 if needed.
 pub fn store(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
     let err = |source| KeyError::Write {
@@ -169,6 +204,26 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
+    }
+
+    #[test]
+    fn rotation_replaces_the_key_0600_and_changes_the_stamp() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("private.key");
+        assert!(
+            matches!(rotate(&p), Err(KeyError::Read { .. })),
+            "nothing to rotate yet"
+        );
+        let (k1, _) = load_or_create(&p).expect("create");
+        let before = FileStamp::of(&p);
+        let k2 = rotate(&p).expect("rotate");
+        assert_ne!(k1, k2);
+        assert_ne!(FileStamp::of(&p), before);
+        let (k3, created) = load_or_create(&p).expect("load");
+        assert!(!created);
+        assert_eq!(k3, k2, "the rotated key is what the file holds");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

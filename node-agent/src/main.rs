@@ -47,6 +47,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", k.public_key());
             Ok(ExitCode::SUCCESS)
         }
+        Command::RotateKey(args) => {
+            let k = key::rotate(&args.private_key)?;
+            println!("{}", k.public_key());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup(args) => {
             let errors = cleanup(&CleanupPlan {
                 interface: &args.common.interface,

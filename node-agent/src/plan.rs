@@ -26,6 +26,9 @@ pub struct DesiredDevice {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerUpdate {
     pub public_key: Option<PublicKey>,
+    /// The key the engine knows this peer by, when it rotated to `public_key`: renamed in
+    /// place (`rotate_public_key`), so its sessions carry traffic until the new handshake.
+    pub rename_from: Option<PublicKey>,
     pub create: bool,
     pub endpoint: Option<SocketAddr>,
     /// `Some` replaces the whole list.
@@ -39,6 +42,8 @@ pub struct PeerUpdate {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UapiPlan {
     pub set_private_key: bool,
+    /// The engine had another key: rotate (`rotate_private_key`), keeping live sessions.
+    pub keep_sessions: bool,
     pub listen_port: Option<u16>,
     pub fwmark: Option<u32>,
     pub remove: Vec<PublicKey>,
@@ -56,7 +61,11 @@ impl UapiPlan {
     pub fn render(&self, private_key: &PrivateKey) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::new());
         if self.set_private_key {
-            s.push_str("private_key=");
+            s.push_str(if self.keep_sessions {
+                "rotate_private_key="
+            } else {
+                "private_key="
+            });
             s.push_str(&private_key.to_hex());
             s.push('\n');
         }
@@ -72,9 +81,18 @@ impl UapiPlan {
         }
         for u in &self.update {
             let Some(k) = u.public_key else { continue };
-            let _ = writeln!(s, "public_key={}", hex::encode(k.as_bytes()));
-            if !u.create {
-                s.push_str("update_only=true\n");
+            if let Some(old) = u.rename_from {
+                let _ = writeln!(
+                    s,
+                    "public_key={}\nrotate_public_key={}",
+                    hex::encode(old.as_bytes()),
+                    hex::encode(k.as_bytes())
+                );
+            } else {
+                let _ = writeln!(s, "public_key={}", hex::encode(k.as_bytes()));
+                if !u.create {
+                    s.push_str("update_only=true\n");
+                }
             }
             match &u.preshared_key {
                 Some(Some(psk)) => {
@@ -119,15 +137,18 @@ impl UapiPlan {
 /// Computes the plan. `applied_endpoints` is what this agent last set per peer: an endpoint
 /// the engine learned by roaming is left alone unless the desired one changed since.
 /// `kick` lists peers the caller allows to be nudged; only those without a handshake and
-/// without keepalive of their own are.
+/// without keepalive of their own are. `previous` maps peer names to the keys last applied:
+/// a peer whose key changed under the same name is renamed, not removed and re-added.
 pub fn plan(
     observed: &DeviceState,
     desired: &DesiredDevice,
     applied_endpoints: &BTreeMap<PublicKey, SocketAddr>,
     kick: &BTreeSet<PublicKey>,
+    previous: &BTreeMap<String, PublicKey>,
 ) -> UapiPlan {
     let mut p = UapiPlan {
         set_private_key: observed.public_key != Some(desired.public_key),
+        keep_sessions: observed.public_key.is_some_and(|k| k != desired.public_key),
         listen_port: (observed.listen_port != desired.listen_port).then_some(desired.listen_port),
         fwmark: (observed.fwmark != desired.fwmark).then_some(desired.fwmark),
         ..UapiPlan::default()
@@ -144,19 +165,34 @@ pub fn plan(
         if d.public_key == desired.public_key {
             continue;
         }
-        let Some(o) = observed.peers.get(&d.public_key) else {
-            p.update.push(PeerUpdate {
-                public_key: Some(d.public_key),
-                create: true,
-                endpoint: d.endpoint,
-                allowed_ips: Some(d.allowed_ips.clone()),
-                persistent_keepalive: (d.persistent_keepalive != 0)
-                    .then_some(d.persistent_keepalive),
-                preshared_key: d.preshared_key.clone().map(Some),
-            });
-            continue;
+        let renamed = previous
+            .get(&d.name)
+            .filter(|old| **old != d.public_key && !wanted.contains(*old))
+            .and_then(|old| Some((*old, observed.peers.get(old)?)));
+        let (o, rename_from) = match (observed.peers.get(&d.public_key), renamed) {
+            (Some(o), _) => (o, None),
+            (None, Some((old, o))) => {
+                p.remove.retain(|k| *k != old);
+                (o, Some(old))
+            }
+            (None, None) => {
+                p.update.push(PeerUpdate {
+                    public_key: Some(d.public_key),
+                    create: true,
+                    endpoint: d.endpoint,
+                    allowed_ips: Some(d.allowed_ips.clone()),
+                    persistent_keepalive: (d.persistent_keepalive != 0)
+                        .then_some(d.persistent_keepalive),
+                    preshared_key: d.preshared_key.clone().map(Some),
+                    ..PeerUpdate::default()
+                });
+                continue;
+            }
         };
-        let mut u = PeerUpdate::default();
+        let mut u = PeerUpdate {
+            rename_from,
+            ..PeerUpdate::default()
+        };
         if d.endpoint.is_some()
             && o.endpoint != d.endpoint
             && (o.endpoint.is_none() || applied_endpoints.get(&d.public_key) != d.endpoint.as_ref())
@@ -237,6 +273,17 @@ mod tests {
         }
     }
 
+    /// A plan with no roaming memory, no kicks and no name memory.
+    fn plan_of(observed: &DeviceState, d: &DesiredDevice) -> UapiPlan {
+        plan(
+            observed,
+            d,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+        )
+    }
+
     fn in_sync(d: &DesiredDevice) -> DeviceState {
         DeviceState {
             public_key: Some(d.public_key),
@@ -252,12 +299,7 @@ mod tests {
             1,
             vec![want(2, &["10.244.2.0/24"]), want(3, &["10.244.3.0/24"])],
         );
-        let p = plan(
-            &DeviceState::default(),
-            &d,
-            &BTreeMap::new(),
-            &BTreeSet::new(),
-        );
+        let p = plan_of(&DeviceState::default(), &d);
         assert!(p.set_private_key);
         assert_eq!((p.listen_port, p.fwmark), (Some(51820), Some(51820)));
         assert_eq!(p.update.len(), 2);
@@ -272,6 +314,66 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_node_key_renames_the_peer_and_our_own_rotation_keeps_sessions() {
+        let before = device(
+            1,
+            vec![want(2, &["10.244.2.0/24"]), want(3, &["10.244.3.0/24"])],
+        );
+        let observed = in_sync(&before);
+        // peer p2 rotated to key 22 under the same name; we rotated from 1 to 11
+        let mut rotated = want(2, &["10.244.2.0/24"]);
+        rotated.public_key = pk(22);
+        let after = device(11, vec![rotated, want(3, &["10.244.3.0/24"])]);
+        let names: BTreeMap<String, PublicKey> = before
+            .peers
+            .iter()
+            .map(|w| (w.name.clone(), w.public_key))
+            .collect();
+        let p = plan(
+            &observed,
+            &after,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &names,
+        );
+        assert!(p.set_private_key && p.keep_sessions);
+        assert!(p.remove.is_empty(), "renamed, not removed: {p:?}");
+        assert_eq!(p.update.len(), 1);
+        assert_eq!(
+            (p.update[0].public_key, p.update[0].rename_from),
+            (Some(pk(22)), Some(pk(2)))
+        );
+        assert!(!p.update[0].create && p.update[0].allowed_ips.is_none());
+        let text = p.render(&PrivateKey::generate());
+        assert!(text.starts_with("rotate_private_key="), "{}", text.as_str());
+        let (old, new) = (
+            hex::encode(pk(2).as_bytes()),
+            hex::encode(pk(22).as_bytes()),
+        );
+        assert!(
+            text.contains(&format!("public_key={old}\nrotate_public_key={new}\n")),
+            "{}",
+            text.as_str()
+        );
+        // without memory of the name (a restarted agent) it is a plain replace
+        let p = plan_of(&observed, &after);
+        assert_eq!(p.remove, [pk(2)]);
+        assert!(p.update[0].create && p.update[0].rename_from.is_none());
+        // a fresh engine (no key yet) gets a plain private_key
+        let p = plan(
+            &DeviceState::default(),
+            &after,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &names,
+        );
+        assert!(p.set_private_key && !p.keep_sessions);
+        assert!(p
+            .render(&PrivateKey::generate())
+            .starts_with("private_key="));
+    }
+
+    #[test]
     fn in_sync_means_nothing_to_send() {
         let d = device(
             1,
@@ -280,7 +382,7 @@ mod tests {
                 want(3, &["10.244.3.0/24", "fd00::/64"]),
             ],
         );
-        let p = plan(&in_sync(&d), &d, &BTreeMap::new(), &BTreeSet::new());
+        let p = plan_of(&in_sync(&d), &d);
         assert!(p.is_empty(), "{p:?}");
     }
 
@@ -304,7 +406,7 @@ mod tests {
                 want(5, &["10.244.3.0/24"]),
             ],
         );
-        let p = plan(&observed, &after, &BTreeMap::new(), &BTreeSet::new());
+        let p = plan_of(&observed, &after);
         assert!(!p.set_private_key && p.listen_port.is_none());
         assert_eq!(p.remove, [pk(4)]);
         let touched: Vec<_> = p.update.iter().filter_map(|u| u.public_key).collect();
@@ -327,9 +429,9 @@ mod tests {
             p.endpoint = Some(ep("203.0.113.9:4000"));
         }
         let applied: BTreeMap<_, _> = [(pk(2), ep("192.0.2.2:51820"))].into();
-        assert!(plan(&observed, &d, &applied, &BTreeSet::new()).is_empty());
+        assert!(plan(&observed, &d, &applied, &BTreeSet::new(), &BTreeMap::new()).is_empty());
         // a fresh agent does not know what it applied: it sets the desired endpoint once
-        let p = plan(&observed, &d, &BTreeMap::new(), &BTreeSet::new());
+        let p = plan_of(&observed, &d);
         assert_eq!(p.update[0].endpoint, Some(ep("192.0.2.2:51820")));
     }
 
@@ -340,7 +442,7 @@ mod tests {
         observed.public_key = Some(pk(9));
         d.peers[0].persistent_keepalive = 25;
         d.peers[0].preshared_key = Some(Secret32(Zeroizing::new([5; 32])));
-        let p = plan(&observed, &d, &BTreeMap::new(), &BTreeSet::new());
+        let p = plan_of(&observed, &d);
         assert!(p.set_private_key);
         assert_eq!(p.update[0].persistent_keepalive, Some(25));
         let text = p.render(&PrivateKey::generate());
@@ -355,7 +457,7 @@ mod tests {
             peer.persistent_keepalive = 25;
         }
         d.peers[0].preshared_key = None;
-        let p = plan(&observed, &d, &BTreeMap::new(), &BTreeSet::new());
+        let p = plan_of(&observed, &d);
         assert_eq!(p.update[0].preshared_key, Some(None));
     }
 
@@ -373,27 +475,20 @@ mod tests {
             p.last_handshake = Some(std::time::UNIX_EPOCH);
         }
         let allowed: BTreeSet<_> = [pk(2), pk(3)].into();
-        let p = plan(&observed, &d, &BTreeMap::new(), &allowed);
+        let p = plan(&observed, &d, &BTreeMap::new(), &allowed, &BTreeMap::new());
         assert_eq!(p.kick, [pk(2)]);
         let text = p.render(&PrivateKey::generate());
         assert!(
             text.contains("persistent_keepalive_interval=1\n")
                 && text.ends_with("persistent_keepalive_interval=0\n")
         );
-        assert!(plan(&observed, &d, &BTreeMap::new(), &BTreeSet::new())
-            .kick
-            .is_empty());
+        assert!(plan_of(&observed, &d).kick.is_empty());
     }
 
     #[test]
     fn own_key_is_never_a_peer() {
         let d = device(1, vec![want(1, &["10.244.1.0/24"])]);
-        let p = plan(
-            &DeviceState::default(),
-            &d,
-            &BTreeMap::new(),
-            &BTreeSet::new(),
-        );
+        let p = plan_of(&DeviceState::default(), &d);
         assert!(p.update.is_empty());
     }
 }

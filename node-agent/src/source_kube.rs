@@ -155,6 +155,7 @@ pub fn apply_event<K: ResourceExt + Clone>(
 /// Handle held by the agent.
 pub struct KubeSource {
     shared: Arc<Mutex<Snapshot>>,
+    key: tokio::sync::watch::Sender<PublicKey>,
     reports: tokio::sync::mpsc::Sender<Vec<(String, SystemTime)>>,
     seen: u64,
     stop: Arc<AtomicBool>,
@@ -171,13 +172,15 @@ impl KubeSource {
         let shared = Arc::new(Mutex::new(Snapshot::default()));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let stop = Arc::new(AtomicBool::new(false));
+        let (key_tx, key_rx) = tokio::sync::watch::channel(key);
         let (s, n, st) = (shared.clone(), node_name.to_owned(), stop.clone());
         std::thread::Builder::new()
             .name("kube".into())
-            .spawn(move || rt.block_on(run(client, n, key, s, rx, st)))
+            .spawn(move || rt.block_on(run(client, n, key_rx, s, rx, st)))
             .map_err(KubeError::Runtime)?;
         Ok(KubeSource {
             shared,
+            key: key_tx,
             reports: tx,
             seen: 0,
             stop,
@@ -195,6 +198,11 @@ impl KubeSource {
             nodes: snap.nodes.values().cloned().collect(),
             peers: snap.peers.values().cloned().collect(),
         })
+    }
+
+    /// A rotated key: published on the Node in place of the old one.
+    pub fn set_public_key(&self, key: PublicKey) {
+        self.key.send_replace(key);
     }
 
     /// Hands the latest handshakes (peer name, time) to the reporter; never blocks.
@@ -218,7 +226,7 @@ fn bump(shared: &Mutex<Snapshot>, f: impl FnOnce(&mut Snapshot)) {
 async fn run(
     client: Client,
     node_name: String,
-    key: PublicKey,
+    mut key_rx: tokio::sync::watch::Receiver<PublicKey>,
     shared: Arc<Mutex<Snapshot>>,
     mut reports: tokio::sync::mpsc::Receiver<Vec<(String, SystemTime)>>,
     stop: Arc<AtomicBool>,
@@ -236,8 +244,13 @@ async fn run(
     let mut limiter = ReportLimiter::default();
     let mut key_published = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut key = *key_rx.borrow_and_update();
     while !stop.load(Ordering::Relaxed) {
         tokio::select! {
+            Ok(()) = key_rx.changed() => {
+                key = *key_rx.borrow_and_update();
+                key_published = false;
+            },
             Some(ev) = nodes.next() => match ev {
                 Ok(ev) => {
                     // our own Node lost or never had the key annotation: (re)publish it

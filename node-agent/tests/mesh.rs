@@ -341,9 +341,8 @@ fn three_nodes_encrypt_every_pod_packet_and_drop_what_no_peer_covers() {
     eprintln!("underlay capture: {s:?}");
 }
 
-#[test]
-fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_seconds() {
-    let _serial = serial();
+/// Two nodes with one pod each, pinging both ways, under an underlay capture.
+fn two_nodes_up() -> (Mesh, Capture, Pod, Pod) {
     let mut m = Mesh::new(2, 1);
     let cap = m.capture();
     let (p1, p2) = (m.node(1).pods[0].clone(), m.node(2).pods[0].clone());
@@ -351,6 +350,13 @@ fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_sec
         ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v4, 2, "2"),
         "mesh up"
     );
+    (m, cap, p1, p2)
+}
+
+#[test]
+fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_seconds() {
+    let _serial = serial();
+    let (mut m, cap, p1, p2) = two_nodes_up();
     let engine = m
         .engine_pid(1)
         .unwrap_or_else(|| panic!("no engine for node 1"));
@@ -418,6 +424,102 @@ fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_sec
         &s.other_ip[..s.other_ip.len().min(10)]
     );
     assert!(s.wireguard[4] > 200, "{s:?}");
+}
+
+/// `wg show IFACE WHAT` in node namespace `ns`, as lines of tab-separated fields.
+fn wg_show(ns: &str, ifname: &str, what: &str) -> Vec<Vec<String>> {
+    let o = in_ns(ns, &["wg", "show", ifname, what]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() {
+    let _serial = serial();
+    let (mut m, cap, p1, p2) = two_nodes_up();
+    let ids = |n: &Node| (n.ns.clone(), n.ifname.clone());
+    let (n1, n2) = (ids(m.node(1)), ids(m.node(2)));
+    let old_key = m.node(1).public_key.clone();
+    let rx_before: u64 = wg_show(&n2.0, &n2.1, "transfer")
+        .iter()
+        .find(|f| f[0] == old_key)
+        .and_then(|f| f.get(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("node 2 has no peer {old_key}"));
+
+    // Continuous pings both ways while node 1 rotates its key and node 2 learns it.
+    let a = start_ping(&p1.ns, p2.v4, "0.02", 200);
+    let b = start_ping(&p2.ns, p1.v6, "0.02", 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let o = run(Command::new(AGENT)
+        .args(["rotate-key", "--private-key"])
+        .arg(&m.node(1).key_path));
+    assert!(
+        o.status.success(),
+        "rotate-key: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let new_key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert_ne!(new_key, old_key);
+    let moved = wait_for(Duration::from_secs(2), || {
+        wg_show(&n1.0, &n1.1, "public-key")
+            .first()
+            .map(|f| f[0].as_str())
+            == Some(new_key.as_str())
+    });
+    assert!(moved.is_some(), "node 1's engine never took the new key");
+    // node 1's traffic still flows on its old sessions; now the operator's part: publish
+    std::thread::sleep(Duration::from_millis(300));
+    m.node_mut(1).public_key = new_key.clone();
+    m.publish(1);
+    let rekeyed = wait_for(Duration::from_secs(2), || {
+        wg_show(&n2.0, &n2.1, "latest-handshakes")
+            .iter()
+            .any(|f| f[0] == new_key && f.get(1).is_some_and(|t| t != "0"))
+    });
+    assert!(
+        rekeyed.is_some(),
+        "node 2 never completed a handshake with the new key"
+    );
+    let (a, b) = (finish_ping(a), finish_ping(b));
+    for (dir, r) in [("pod 1 -> pod 2", &a), ("pod 2 -> pod 1", &b)] {
+        assert!(
+            r.transmitted == 200 && r.received == 200,
+            "{dir} lost packets across the rotation: {}/{}",
+            r.received,
+            r.transmitted
+        );
+    }
+
+    // Node 2 renamed the peer (its counters carry on) and forgot the old key.
+    let transfer = wg_show(&n2.0, &n2.1, "transfer");
+    assert!(
+        transfer.iter().all(|f| f[0] != old_key),
+        "old key still configured: {transfer:?}"
+    );
+    let rx_after: u64 = transfer
+        .iter()
+        .find(|f| f[0] == new_key)
+        .and_then(|f| f.get(1)?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        rx_after > rx_before,
+        "peer re-created, not renamed: rx {rx_before} -> {rx_after}"
+    );
+    let mode = std::fs::metadata(&m.node(1).key_path)
+        .map(|md| std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o600, "rotated key file mode");
+    // And afterwards, on the new sessions.
+    assert!(ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v6, 2, "2"));
+
+    let s = m.stop_capture(cap);
+    assert!(
+        s.other_ip.is_empty(),
+        "non-WireGuard IP packets on the underlay: {:?}",
+        &s.other_ip[..s.other_ip.len().min(10)]
+    );
 }
 
 #[test]

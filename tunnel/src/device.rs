@@ -3,7 +3,7 @@
 //! the TUN). The I/O shell owns sockets, the TUN and real time; tests own a virtual clock.
 
 use crate::allowed_ips::AllowedIps;
-use crate::cookie::CookieChecker;
+use crate::cookie::{CookieChecker, CookieState};
 use crate::crypto::Aead;
 use crate::index::{Entry, IndexTable, PeerId};
 use crate::ip;
@@ -215,6 +215,59 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 }
             });
         }
+    }
+
+    /// Deliberate key rotation (a wgmesh extension): like `set_private_key`, but sessions
+    /// made under the old key keep carrying data until rekeyed (at most REJECT_AFTER_TIME),
+    /// so peers that learn the new public key a little later lose nothing.
+    pub fn rotate_private_key(&mut self, key: PrivateKey, now: Clock, out: &mut impl Output) {
+        if self.identity.is_none() {
+            return self.set_private_key(Some(key), now, out);
+        }
+        if Some(&key) == self.private_key() {
+            return;
+        }
+        let id = Identity::new(key);
+        if let Some(p) = self.by_key.get(&id.public).copied() {
+            self.remove_peer(p);
+        }
+        self.checker = Some(CookieChecker::new(&id.public));
+        self.identity = Some(id);
+        for id in self.peer_ids() {
+            self.with_peer(id, |dev, peer| {
+                peer.handshake.precompute(dev.identity.as_ref());
+                dev.clear_handshake(peer);
+                peer.last_sent_handshake = None;
+            });
+        }
+    }
+
+    /// A peer rotated its key (a wgmesh extension): it keeps its sessions, endpoint and
+    /// allowed IPs under the new key and a handshake with the new key starts at once.
+    /// False when `key` is ours or another peer's.
+    pub fn rename_peer(&mut self, id: PeerId, key: PublicKey, now: Clock, out: &mut impl Output) -> bool {
+        if Some(key) == self.public_key() || self.by_key.get(&key).is_some_and(|other| *other != id) {
+            return false;
+        }
+        self.with_peer(id, |dev, peer| {
+            if peer.public_key == key {
+                return true;
+            }
+            dev.by_key.remove(&peer.public_key);
+            dev.by_key.insert(key, id);
+            dev.clear_handshake(peer);
+            let psk = std::mem::take(&mut peer.handshake.preshared_key);
+            peer.handshake = Handshake::new(key, dev.identity.as_ref());
+            peer.handshake.preshared_key = psk;
+            peer.cookie = CookieState::new(&key);
+            peer.public_key = key;
+            peer.last_sent_handshake = None;
+            if dev.up {
+                dev.initiate(peer, id, false, now, out);
+            }
+            true
+        })
+        .unwrap_or(false)
     }
 
     pub fn set_mtu(&mut self, mtu: usize) {

@@ -22,6 +22,8 @@ pub enum UapiError {
     AddrInUse(String),
     #[error("I/O error: {0}")]
     Io(String),
+    #[error("public key {0} is already in use")]
+    Exists(String),
 }
 
 impl UapiError {
@@ -31,6 +33,7 @@ impl UapiError {
             UapiError::Protocol(_) => -71,
             UapiError::Invalid { .. } | UapiError::UnknownKey(_) => -22,
             UapiError::AddrInUse(_) => -98,
+            UapiError::Exists(_) => -17,
         }
     }
 }
@@ -48,6 +51,8 @@ pub struct PeerConf {
     pub endpoint: Option<SocketAddr>,
     pub persistent_keepalive: Option<u16>,
     pub replace_allowed_ips: bool,
+    /// `rotate_public_key`: the peer's new key; it keeps its sessions (a wgmesh extension).
+    pub new_public_key: Option<PublicKey>,
     /// (remove?, network, prefix length), in request order.
     pub allowed_ips: Vec<(bool, IpAddr, u8)>,
 }
@@ -57,6 +62,8 @@ pub struct PeerConf {
 pub struct SetRequest {
     /// `Some(None)` clears the key (an all-zero key, as `wg set … private-key /dev/null`).
     pub private_key: Option<Option<PrivateKey>>,
+    /// Set by `rotate_private_key`: established sessions survive the key change.
+    pub keep_sessions: bool,
     pub listen_port: Option<u16>,
     /// 0 disables the mark.
     pub fwmark: Option<u32>,
@@ -115,6 +122,14 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
                     let zero = value.bytes().all(|b| b == b'0');
                     req.private_key = Some((!zero).then_some(k));
                 }
+                "rotate_private_key" => {
+                    let k = PrivateKey::from_hex(value).map_err(|_| invalid(key, value))?;
+                    if value.bytes().all(|b| b == b'0') {
+                        return Err(invalid(key, value));
+                    }
+                    req.private_key = Some(Some(k));
+                    req.keep_sessions = true;
+                }
                 "listen_port" => req.listen_port = Some(value.parse().map_err(|_| invalid(key, value))?),
                 "fwmark" => req.fwmark = Some(value.parse().map_err(|_| invalid(key, value))?),
                 "replace_peers" => req.replace_peers = parse_bool(key, value)?,
@@ -133,6 +148,9 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
                 peer.persistent_keepalive = Some(value.parse().map_err(|_| invalid(key, value))?)
             }
             "replace_allowed_ips" => peer.replace_allowed_ips = parse_bool(key, value)?,
+            "rotate_public_key" => {
+                peer.new_public_key = Some(PublicKey::from_hex(value).map_err(|_| invalid(key, value))?)
+            }
             "allowed_ip" => {
                 let (remove, prefix) = match value.strip_prefix('-') {
                     Some(rest) => (true, rest),
@@ -152,9 +170,18 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
 /// Applies the peer part of a request in the kernel's order per peer: remove, preshared key,
 /// endpoint, replace allowed IPs, allowed IPs, persistent keepalive, then staged packets.
 /// The device part (private key, and the port and mark the shell owns) comes first.
-pub fn apply<R: RngCore + CryptoRng>(dev: &mut Device<R>, req: SetRequest, now: Clock, out: &mut impl Output) {
-    if let Some(k) = req.private_key {
-        dev.set_private_key(k, now, out);
+/// Stops at a `rotate_public_key` naming ourselves or another peer (EEXIST), as the kernel
+/// stops at its first error: what came before stays applied.
+pub fn apply<R: RngCore + CryptoRng>(
+    dev: &mut Device<R>,
+    req: SetRequest,
+    now: Clock,
+    out: &mut impl Output,
+) -> Result<(), UapiError> {
+    match req.private_key {
+        Some(Some(k)) if req.keep_sessions => dev.rotate_private_key(k, now, out),
+        Some(k) => dev.set_private_key(k, now, out),
+        None => {}
     }
     if req.replace_peers {
         dev.remove_all_peers();
@@ -171,12 +198,18 @@ pub fn apply<R: RngCore + CryptoRng>(dev: &mut Device<R>, req: SetRequest, now: 
             }
             continue;
         }
-        if p.update_only && existing.is_none() {
+        // renaming implies update_only: a missing peer is not created under its old key
+        if (p.update_only || p.new_public_key.is_some()) && existing.is_none() {
             continue;
         }
         let Some(id) = existing.or_else(|| dev.add_peer(pk)) else {
             continue;
         };
+        if let Some(new) = p.new_public_key {
+            if !dev.rename_peer(id, new, now, out) {
+                return Err(UapiError::Exists(new.to_hex()));
+            }
+        }
         if let Some(psk) = p.preshared_key {
             dev.set_preshared_key(id, psk);
         }
@@ -198,6 +231,7 @@ pub fn apply<R: RngCore + CryptoRng>(dev: &mut Device<R>, req: SetRequest, now: 
         }
         dev.flush_staged(id, now, out);
     }
+    Ok(())
 }
 
 /// The `get=1` answer, in wireguard-go's order, ending with `errno=0` and a blank line.

@@ -462,6 +462,58 @@ fn private_key_change_allows_immediate_handshake() {
 }
 
 #[test]
+fn key_rotation_keeps_sessions_until_the_peer_renames_then_rekeys_at_once() {
+    let mut net = Net::new(2);
+    net.ping(0, 1);
+    net.flush();
+    net.ping(1, 0);
+    net.flush();
+    let new = PrivateKey::from_bytes([42; 32]);
+    let (now, mut c) = (net.clock, Collect::default());
+    net.devs[0].rotate_private_key(new.clone(), now, &mut c);
+    assert!(c.sent.is_empty(), "rotation alone sends nothing");
+    // Device 1 does not know the new key yet: data keeps flowing on the old session.
+    let n = net.log.len();
+    assert_eq!(net.ping(0, 1), Outcome::Sent);
+    assert_eq!(net.ping(1, 0), Outcome::Sent);
+    net.flush();
+    assert_eq!(kinds(net.frames_since(n)), vec![(0, 4, 128), (1, 4, 128)]);
+    assert_eq!((net.delivered[0].len(), net.delivered[1].len()), (2, 2));
+    // Device 1 learns the key: same peer (allowed IPs, endpoint), one handshake under the new key.
+    let id = net.peer(1, 0);
+    let n = net.log.len();
+    let mut c = Collect::default();
+    assert!(net.devs[1].rename_peer(id, new.public_key(), now, &mut c));
+    net.absorb_from(1, c);
+    net.keys[0] = new.public_key();
+    assert_eq!(net.peer(1, 0), id);
+    net.flush();
+    assert_eq!(kinds(net.frames_since(n)), vec![(1, 1, 148), (0, 2, 92), (1, 4, 32)], "rekey at once");
+    let n = net.log.len();
+    net.ping(0, 1);
+    net.ping(1, 0);
+    net.flush();
+    assert_eq!(kinds(net.frames_since(n)), vec![(0, 4, 128), (1, 4, 128)]);
+    assert_eq!((net.delivered[0].len(), net.delivered[1].len()), (3, 3));
+    // Past the old session's lifetime everything still works: only new-key sessions remain.
+    net.run_for(secs(200));
+    net.ping(0, 1);
+    net.run_for(secs(1));
+    assert_eq!(net.delivered[1].len(), 4);
+}
+
+#[test]
+fn rename_refuses_our_own_key_and_another_peers() {
+    let mut net = Net::new(3);
+    let (now, mut c) = (net.clock, Collect::default());
+    let (p1, own, other) = (net.peer(0, 1), net.keys[0], net.keys[2]);
+    assert!(!net.devs[0].rename_peer(p1, own, now, &mut c));
+    assert!(!net.devs[0].rename_peer(p1, other, now, &mut c));
+    assert_eq!(net.devs[0].peer(p1).unwrap().public_key, net.keys[1], "unchanged");
+    assert!(c.sent.is_empty());
+}
+
+#[test]
 fn setting_own_key_equal_to_a_peer_removes_that_peer() {
     let mut net = Net::new(3);
     let (now, mut c) = (net.clock, Collect::default());

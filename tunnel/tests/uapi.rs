@@ -9,8 +9,7 @@ use wgmesh_tunnel::PrivateKey;
 fn set(net: &mut Net, d: usize, text: &str) -> Result<(), UapiError> {
     let req = uapi::parse_set(text.lines())?;
     let (now, mut c) = (net.clock, Collect::default());
-    uapi::apply(&mut net.devs[d], req, now, &mut c);
-    Ok(())
+    uapi::apply(&mut net.devs[d], req, now, &mut c)
 }
 
 #[test]
@@ -121,4 +120,34 @@ fn a_rejected_request_changes_nothing() {
             .unwrap_err();
     assert_eq!(err.errno(), -22);
     assert_eq!(uapi::get(&net.devs[0], 0, 0), before);
+}
+
+#[test]
+fn rotation_extensions_keep_the_peer_and_refuse_conflicts() {
+    let mut net = Net::new(3);
+    net.ping(0, 1);
+    net.flush();
+    let (k1, k2) = (net.keys[1].to_hex(), net.keys[2].to_hex());
+    let new = PrivateKey::from_bytes([77; 32]);
+    // Device 1 rotates; a zero key is not a rotation.
+    assert_eq!(uapi::parse_set([format!("rotate_private_key={}", "0".repeat(64)).as_str()]).unwrap_err().errno(), -22);
+    set(&mut net, 1, &format!("rotate_private_key={}", new.to_hex().as_str())).unwrap();
+    assert_eq!(net.devs[1].public_key(), Some(new.public_key()));
+    // Device 0 renames its peer: same id, allowed IPs and endpoint, new key in `get`.
+    let id = net.peer(0, 1);
+    let newk = new.public_key().to_hex();
+    set(&mut net, 0, &format!("public_key={k1}\nrotate_public_key={newk}\npersistent_keepalive_interval=7")).unwrap();
+    net.keys[1] = new.public_key();
+    assert_eq!(net.peer(0, 1), id);
+    let got = uapi::get(&net.devs[0], 0, 0);
+    assert!(got.contains(&format!("public_key={newk}")) && !got.contains(&format!("public_key={k1}")), "{got}");
+    assert!(got.contains("persistent_keepalive_interval=7"), "settings after the rename apply to it: {got}");
+    // Renaming onto another peer's key is refused with EEXIST and changes nothing more.
+    let err = set(&mut net, 0, &format!("public_key={newk}\nrotate_public_key={k2}")).unwrap_err();
+    assert_eq!(err.errno(), -17);
+    assert_eq!(net.peer(0, 1), id);
+    // Renaming a peer that does not exist creates nothing.
+    let ghost = PrivateKey::from_bytes([78; 32]).public_key().to_hex();
+    set(&mut net, 0, &format!("public_key={ghost}\nrotate_public_key={k1}")).unwrap();
+    assert_eq!(net.devs[0].peer_ids().len(), 2);
 }

@@ -374,7 +374,7 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no node {n}"))
     }
 
-    fn node_mut(&mut self, n: u32) -> &mut Node {
+    pub fn node_mut(&mut self, n: u32) -> &mut Node {
         self.nodes
             .iter_mut()
             .find(|x| x.n == n)

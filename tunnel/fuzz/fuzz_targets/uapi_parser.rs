@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             let mut dev = Device::default();
             let now = Clock { mono: Duration::from_secs(1), wall: Duration::from_secs(1_700_000_000) };
             dev.set_up(true, now, &mut Null);
-            uapi::apply(&mut dev, req, now, &mut Null);
+            let _ = uapi::apply(&mut dev, req, now, &mut Null);
             let _ = uapi::get(&dev, 0, 0);
         }
         Err(e) => assert!(e.errno() < 0),

@@ -398,10 +398,16 @@ impl Engine {
                 }
             }
         }
-        uapi::apply(&mut st.dev, req, clock, &mut batch);
+        let applied = uapi::apply(&mut st.dev, req, clock, &mut batch);
         drop(st);
         self.flush(&mut batch, &mut TunWriter::default());
-        0
+        match applied {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::info!(error = %e, "UAPI set stopped");
+                e.errno()
+            }
+        }
     }
 }
 

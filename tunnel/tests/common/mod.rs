@@ -139,6 +139,11 @@ impl Net {
         self.devs[on].peer_id(&self.keys[of]).expect("peer exists")
     }
 
+    /// Puts what a direct call on device `from` emitted on the wire.
+    pub fn absorb_from(&mut self, from: usize, c: Collect) {
+        self.absorb(from, c)
+    }
+
     fn absorb(&mut self, from: usize, c: Collect) {
         for (to, bytes) in c.sent {
             let f = Frame { t: self.clock.mono, from, to, bytes };
