@@ -5,7 +5,8 @@ Two namespaces joined by one veth; iperf3 with one and four TCP streams, and pin
   veth       the bare veth (no tunnel): the ceiling
   ours       wgmesh-tunnel on both sides
   wggo       wireguard-go on both sides
-  boringtun  boringtun-cli on both sides (only if installed)
+  boringtun  boringtun-cli on both sides (only if installed), its default 4 threads
+  boringtun1 boringtun-cli --threads 1 on both sides (faster than 4 threads on 2 cores)
   ours-wggo, wggo-ours   mixed pairs (sender-receiver)
 Modes are interleaved over several repetitions; medians are printed as a markdown table with
 the ratio of ours to each other engine. Needs root, iperf3, wireguard-tools, wireguard-go.
@@ -39,7 +40,8 @@ def cleanup():
 
 
 def engine_cmd(kind, ours_bin):
-    return {"ours": ours_bin, "wggo": "wireguard-go", "boringtun": "boringtun-cli --disable-drop-privileges"}[kind]
+    return {"ours": ours_bin, "wggo": "wireguard-go", "boringtun": "boringtun-cli --disable-drop-privileges",
+            "boringtun1": "boringtun-cli --disable-drop-privileges --threads 1"}[kind]
 
 
 def setup(mode, ours_bin):
@@ -52,6 +54,7 @@ def setup(mode, ours_bin):
     if mode == "veth":
         return ["10.88.0.2"]
     kinds = {"ours": ("ours", "ours"), "wggo": ("wggo", "wggo"), "boringtun": ("boringtun", "boringtun"),
+             "boringtun1": ("boringtun1", "boringtun1"),
              "ours-wggo": ("ours", "wggo"), "wggo-ours": ("wggo", "ours")}[mode]
     keys = [sh("wg genkey").strip() for _ in NS]
     pubs = [sh(f"echo {k} | wg pubkey").strip() for k in keys]
@@ -108,7 +111,7 @@ def measure(dst, seconds):
             out["cpu_per_gbit"] = max(cores) / out["tcp1"] if out["tcp1"] > 0 else float("nan")
             out["drops"] = udp_rcvbuf_errors(NS[1]) - drops0
     sh(f"ip netns exec {NS[1]} pkill -x iperf3", check=False)
-    ping = sh(f"ip netns exec {NS[0]} ping -c 20 -i 0.05 -q {dst}", check=False)
+    ping = sh(f"ip netns exec {NS[0]} ping -c 40 -i 0.05 -q {dst}", check=False)
     rtt = [l for l in ping.splitlines() if "rtt" in l]
     out["rtt_ms"] = float(rtt[0].split("=")[1].split("/")[1]) if rtt else float("nan")
     return out
@@ -125,7 +128,7 @@ def main():
         sys.exit("needs root (network namespaces)")
     if not os.path.exists(a.bin):
         sys.exit(f"{a.bin} missing: cargo build --release -p wgmesh-tunnel")
-    modes = a.modes.split(",") if a.modes else ["veth", "ours", "wggo", "ours-wggo", "wggo-ours"] + (["boringtun"] if shutil.which("boringtun-cli") else [])
+    modes = a.modes.split(",") if a.modes else ["veth", "ours", "wggo", "ours-wggo", "wggo-ours"] + (["boringtun", "boringtun1"] if shutil.which("boringtun-cli") else [])
     results = {m: [] for m in modes}
     try:
         for rep in range(a.reps):

@@ -134,6 +134,8 @@ pub struct Device<R: RngCore + CryptoRng = OsRng> {
     load: Load,
     pub under_load_threshold: u32,
     rng: R,
+    /// Timer jitter needs no secrecy: a xorshift seeded once spares a getrandom per packet.
+    jitter_state: u64,
     mtu: usize,
     up: bool,
 }
@@ -154,13 +156,17 @@ pub fn padded_len(len: usize, mtu: usize) -> usize {
     len + (mtu.min(align(last_unit)) - last_unit)
 }
 
-fn jitter(rng: &mut impl RngCore) -> Duration {
-    Duration::from_millis((rng.next_u32() % JITTER_MAX_MS) as u64)
+fn jitter(state: &mut u64) -> Duration {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    Duration::from_millis((*state >> 32) % JITTER_MAX_MS as u64)
 }
 
 impl<R: RngCore + CryptoRng> Device<R> {
-    pub fn new(rng: R) -> Self {
+    pub fn new(mut rng: R) -> Self {
         Self {
+            jitter_state: rng.next_u64() | 1,
             identity: None,
             checker: None,
             peers: Vec::new(),
@@ -540,7 +546,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         peer.timers.any_authenticated_packet_traversal(now.mono);
         peer.timers.any_authenticated_packet_sent();
         self.emit(peer, &m, out);
-        peer.timers.handshake_initiated(now.mono, jitter(&mut self.rng));
+        peer.timers.handshake_initiated(now.mono, jitter(&mut self.jitter_state));
     }
 
     fn respond(&mut self, peer: &mut Peer, id: PeerId, now: Clock, out: &mut impl Output) {
@@ -627,9 +633,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if sent_any {
             peer.timers.any_authenticated_packet_traversal(now.mono);
             peer.timers.any_authenticated_packet_sent();
-            // Only draw jitter when the timer is actually armed: no RNG call per packet.
+            // Only draw jitter when the timer is actually armed.
             if sent_data && !peer.timers.pending(Timer::NewHandshake) {
-                peer.timers.data_sent(now.mono, jitter(&mut self.rng));
+                peer.timers.data_sent(now.mono, jitter(&mut self.jitter_state));
             }
         }
         if failed {

@@ -1,6 +1,7 @@
 //! What the core produces while the device lock is held, sent once it is released. One arena
 //! reused across iterations: no allocation per packet once warm.
 
+use super::TUN_OFFSET;
 use crate::crypto::Aead;
 use crate::device::{Output, SealJob};
 use crate::keypair::seal_data;
@@ -38,7 +39,10 @@ struct Unsealed {
 pub struct Batch {
     bytes: Vec<u8>,
     sends: Vec<(SocketAddr, Range<usize>)>,
-    delivers: Vec<Range<usize>>,
+    /// Packets for the TUN, each behind the virtio header's headroom: written (and coalesced)
+    /// from here, with no second copy. Reused; `delivered` of them are live.
+    tun: Vec<Vec<u8>>,
+    delivered: usize,
     unsealed: Vec<Unsealed>,
 }
 
@@ -49,9 +53,14 @@ impl Output for Batch {
         self.sends.push((to, start..self.bytes.len()));
     }
     fn deliver(&mut self, packet: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(packet);
-        self.delivers.push(start..self.bytes.len());
+        if self.tun.len() == self.delivered {
+            self.tun.push(Vec::new());
+        }
+        let b = &mut self.tun[self.delivered];
+        b.clear();
+        b.resize(TUN_OFFSET, 0);
+        b.extend_from_slice(packet);
+        self.delivered += 1;
     }
     fn send_data(&mut self, to: SocketAddr, job: SealJob<'_>) {
         let start = self.bytes.len();
@@ -126,16 +135,20 @@ impl Batch {
         })
     }
     pub fn delivers(&self) -> impl Iterator<Item = &[u8]> {
-        self.delivers.iter().map(|r| &self.bytes[r.clone()])
+        self.tun[..self.delivered].iter().map(|b| &b[TUN_OFFSET..])
+    }
+    /// The packets for the TUN with `TUN_OFFSET` bytes of headroom each, for a GRO write.
+    pub fn tun_packets(&mut self) -> &mut [Vec<u8>] {
+        &mut self.tun[..self.delivered]
     }
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.delivers.is_empty()
+        self.sends.is_empty() && self.delivered == 0
     }
     pub fn clear(&mut self) {
         self.unsealed.clear();
         self.bytes.clear();
         self.sends.clear();
-        self.delivers.clear();
+        self.delivered = 0;
     }
 }
 
@@ -156,12 +169,18 @@ mod tests {
         let runs: Vec<_> = batch.send_runs(64, 65000).map(|(to, d, seg)| (to, d.len(), seg)).collect();
         assert_eq!(
             runs,
-            vec![(a, 260, 100), (a, 100, 100), (b, 200, 100), (a, 100, 100), (a, 200, 100)],
-            "a shorter datagram ends a run; a destination change or a gap in the arena splits"
+            vec![(a, 260, 100), (a, 100, 100), (b, 200, 100), (a, 300, 100)],
+            "a shorter datagram ends a run, a destination change splits, deliveries do not"
         );
         // Segment and byte limits split long runs.
         assert_eq!(batch.send_runs(2, 65000).count(), 6);
         assert_eq!(batch.send_runs(64, 150).count(), 9, "every datagram alone");
         assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&[1u8, 2, 3][..]]);
+        // TUN packets carry zeroed room for the virtio header, and are reused after clear().
+        assert_eq!(batch.tun_packets()[0], [&[0u8; TUN_OFFSET][..], &[1, 2, 3]].concat());
+        batch.clear();
+        batch.deliver(&[7; 5]);
+        assert_eq!(batch.tun_packets().len(), 1);
+        assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&[7u8; 5][..]]);
     }
 }

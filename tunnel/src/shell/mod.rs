@@ -47,10 +47,38 @@ struct State {
     fwmark: u32,
 }
 
+/// The TUN read side: its buffers, and the token that keeps one reader at a time, so the
+/// packets of one read are numbered and sent before the next read starts (per-peer order).
+struct TunReader {
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: [usize; BATCH],
+    batch: Batch,
+    out: TunWriter,
+}
+
+impl Default for TunReader {
+    fn default() -> Self {
+        // One read may be a 64 KiB GSO super-packet, split into MTU-sized segments.
+        Self {
+            original: vec![0u8; TUN_OFFSET + 65536],
+            bufs: vec![vec![0u8; TUN_OFFSET + 65536]; BATCH],
+            sizes: [0; BATCH],
+            batch: Batch::default(),
+            out: TunWriter::default(),
+        }
+    }
+}
+
+/// A receive round that wrote at most this many packets to the TUN also reads the TUN once:
+/// a reply the kernel queued during that write leaves without waking the TUN thread.
+const INLINE_TUN_READ_MAX: usize = 4;
+
 pub struct Engine {
     pub name: String,
     pub socket_path: PathBuf,
     state: Mutex<State>,
+    tun_reader: Mutex<TunReader>,
     bind: RwLock<Option<Arc<Bind>>>,
     tun: SyncDevice,
     pub stop: Arc<AtomicBool>,
@@ -112,6 +140,7 @@ impl Engine {
             name: name.into(),
             socket_path,
             state: Mutex::new(State { dev: Device::default(), listen_port: 0, fwmark: 0 }),
+            tun_reader: Mutex::new(TunReader::default()),
             bind: RwLock::new(None),
             tun,
             stop: Arc::new(AtomicBool::new(false)),
@@ -167,40 +196,39 @@ impl Engine {
     }
 
     fn tun_loop(&self) {
-        // One read may be a 64 KiB GSO super-packet, split into MTU-sized segments.
-        let mut original = vec![0u8; TUN_OFFSET + 65536];
-        let mut bufs = vec![vec![0u8; TUN_OFFSET + 65536]; BATCH];
-        let mut sizes = [0usize; BATCH];
-        let mut batch = Batch::default();
-        let mut out = TunWriter::default();
         let fd = self.tun.as_raw_fd();
         while !self.stopped() {
-            if !wait_readable(fd, TICK) {
-                continue;
+            if wait_readable(fd, TICK) {
+                self.read_tun(&mut self.tun_reader.lock().unwrap_or_else(|e| e.into_inner()));
             }
-            let mut n = 0;
-            // Keep reading while a whole super-packet's worth of buffers is left.
-            while BATCH - n >= 64 {
-                match self.tun.recv_multiple(&mut original, &mut bufs[n..], &mut sizes[n..], TUN_OFFSET) {
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TUN read failed");
-                        break;
-                    }
+        }
+    }
+
+    /// Reads what the TUN holds (non-blocking), seals it and sends it.
+    fn read_tun(&self, r: &mut TunReader) {
+        let TunReader { original, bufs, sizes, batch, out } = r;
+        let mut n = 0;
+        // Keep reading while a whole super-packet's worth of buffers is left.
+        while BATCH - n >= 64 {
+            match self.tun.recv_multiple(original, &mut bufs[n..], &mut sizes[n..], TUN_OFFSET) {
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
                 }
             }
-            if n == 0 {
-                continue;
-            }
-            let clock = now();
-            let mut st = self.lock();
-            for i in 0..n {
-                st.dev.handle_tun(&bufs[i][TUN_OFFSET..TUN_OFFSET + sizes[i]], clock, &mut batch);
-            }
-            drop(st);
-            self.flush(&mut batch, &mut out);
         }
+        if n == 0 {
+            return;
+        }
+        let clock = now();
+        let mut st = self.lock();
+        for i in 0..n {
+            st.dev.handle_tun(&bufs[i][TUN_OFFSET..TUN_OFFSET + sizes[i]], clock, batch);
+        }
+        drop(st);
+        self.flush(batch, out);
     }
 
     fn udp_loop(&self, v6: bool) {
@@ -280,7 +308,13 @@ impl Engine {
                 }
             }
             drop(st);
+            let written = batch.delivers().count();
             self.flush(&mut batch, &mut out);
+            if (1..=INLINE_TUN_READ_MAX).contains(&written) {
+                if let Ok(mut r) = self.tun_reader.try_lock() {
+                    self.read_tun(&mut r);
+                }
+            }
         }
     }
 
@@ -452,26 +486,15 @@ fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, std::net::Socket
 /// device has offloads; buffers and the GRO table are reused.
 #[derive(Default)]
 struct TunWriter {
-    bufs: Vec<Vec<u8>>,
     gro: tun_rs::GROTable,
 }
 
 impl TunWriter {
-    fn write(&mut self, tun: &SyncDevice, batch: &Batch) {
-        let mut n = 0;
-        for p in batch.delivers() {
-            if self.bufs.len() == n {
-                self.bufs.push(Vec::with_capacity(TUN_OFFSET + 65536));
-            }
-            let b = &mut self.bufs[n];
-            b.clear();
-            b.resize(TUN_OFFSET, 0);
-            b.extend_from_slice(p);
-            n += 1;
-        }
-        if n > 0 {
-            // A full TUN queue drops, as a NIC would.
-            if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..n], TUN_OFFSET) {
+    fn write(&mut self, tun: &SyncDevice, batch: &mut Batch) {
+        let packets = batch.tun_packets();
+        // A full TUN queue drops, as a NIC would.
+        if !packets.is_empty() {
+            if let Err(e) = tun.send_multiple(&mut self.gro, packets, TUN_OFFSET) {
                 tracing::debug!(error = %e, "TUN write failed");
             }
         }
