@@ -319,8 +319,8 @@ impl Agent {
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
         };
         let desired = desired_peers(input, &mesh_cfg, &self.cfg.node_name);
-        // preshared keys live in Secrets, which the file source cannot read
-        let (peers, mut warnings) = engine_peers(&desired, system_lookup, |_| None);
+        let (peers, mut warnings) =
+            engine_peers(&desired, system_lookup, |r| input.preshared_keys.lookup(r));
         let facts = local_facts(input, &self.cfg.node_name);
         let mut local = LocalNode {
             pod_cidrs: facts

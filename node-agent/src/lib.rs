@@ -14,6 +14,7 @@ pub mod mesh_input;
 pub mod metrics;
 pub mod netlink;
 pub mod plan;
+pub mod psk;
 pub mod readiness;
 pub mod resolve;
 pub mod routes;

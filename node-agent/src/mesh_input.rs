@@ -14,6 +14,7 @@ use wgmesh_api::annotations;
 use wgmesh_api::node::{node_facts, NodeFacts};
 use wgmesh_api::{desired_peers_for_node, DesiredPeer, MeshConfig, WireGuardPeer};
 
+use crate::psk::PresharedKeys;
 use crate::source_file::Document;
 
 fn name_of(m: &ObjectMeta) -> String {
@@ -25,6 +26,8 @@ fn name_of(m: &ObjectMeta) -> String {
 pub struct MeshInput {
     pub nodes: Vec<Node>,
     pub peers: Vec<WireGuardPeer>,
+    /// Preshared keys the peers reference (empty for the file source).
+    pub preshared_keys: PresharedKeys,
 }
 
 /// The Node a node `WireGuardPeer` stands for.

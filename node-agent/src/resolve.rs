@@ -6,6 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use wgmesh_api::endpoint::Host;
 use wgmesh_api::{DesiredPeer, IpCidr, PublicKey, SecretKeyRef};
 
+use crate::psk::PskError;
 use crate::uapi_client::Secret32;
 
 /// One peer exactly as the engine must hold it.
@@ -24,12 +25,12 @@ pub struct EnginePeer {
 pub fn engine_peers(
     desired: &[DesiredPeer],
     lookup: impl Fn(&str, u16) -> Option<SocketAddr>,
-    psk: impl Fn(&SecretKeyRef) -> Option<Secret32>,
+    psk: impl Fn(&SecretKeyRef) -> Result<Secret32, PskError>,
 ) -> (Vec<EnginePeer>, Vec<String>) {
     let mut warnings = Vec::new();
     let peers = desired
         .iter()
-        .map(|d| {
+        .filter_map(|d| {
             let endpoint = d.endpoint.as_ref().and_then(|e| match &e.host {
                 Host::Ip(ip) => Some(SocketAddr::new(*ip, e.port)),
                 Host::Dns(name) => {
@@ -40,24 +41,27 @@ pub fn engine_peers(
                     r
                 }
             });
-            let preshared_key = d.preshared_key_secret_ref.as_ref().and_then(|r| {
-                let k = psk(r);
-                if k.is_none() {
+            // fail closed: a peer meant to have a PSK is never configured without it
+            let preshared_key = match d.preshared_key_secret_ref.as_ref().map(&psk) {
+                None => None,
+                Some(Ok(k)) => Some(k),
+                Some(Err(e)) => {
+                    let r = d.preshared_key_secret_ref.as_ref()?;
                     warnings.push(format!(
-                        "peer {}: preshared key {}/{} key {} is not available; configured without it",
+                        "peer {}: preshared key in Secret {}/{} key {}: {e}; peer not configured until it can be read",
                         d.name, r.namespace, r.name, r.key
                     ));
+                    return None;
                 }
-                k
-            });
-            EnginePeer {
+            };
+            Some(EnginePeer {
                 name: d.name.clone(),
                 public_key: d.public_key,
                 endpoint,
                 allowed_ips: d.allowed_ips.clone(),
                 persistent_keepalive: d.persistent_keepalive.unwrap_or(0),
                 preshared_key,
-            }
+            })
         })
         .collect();
     (peers, warnings)
@@ -90,13 +94,47 @@ mod tests {
         let (p, w) = engine_peers(
             std::slice::from_ref(&d),
             |_, port| Some(SocketAddr::from(([192, 0, 2, 9], port))),
-            |_| None,
+            |_| Err(PskError::SecretNotFound),
+        );
+        assert!(p.is_empty(), "never configured without its PSK: {p:?}");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("peer x")
+                && w[0].contains("ns/s key k")
+                && w[0].contains("does not exist"),
+            "{w:?}"
+        );
+        let (p, w) = engine_peers(
+            std::slice::from_ref(&d),
+            |_, _| None,
+            |_| Err(PskError::NotRead),
+        );
+        assert!(p.is_empty());
+        assert_eq!(w.len(), 2);
+        let mut no_psk = d.clone();
+        no_psk.preshared_key_secret_ref = None;
+        let (p, _) = engine_peers(
+            &[no_psk],
+            |_, port| Some(SocketAddr::from(([192, 0, 2, 9], port))),
+            |_| Err(PskError::NotRead),
         );
         assert_eq!(p[0].endpoint, Some("192.0.2.9:443".parse().expect("sa")));
-        assert_eq!(p[0].persistent_keepalive, 25);
-        assert_eq!(w.len(), 1, "{w:?}");
-        let (p, w) = engine_peers(&[d], |_, _| None, |_| None);
-        assert_eq!(p[0].endpoint, None);
-        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (p[0].persistent_keepalive, p[0].preshared_key.is_none()),
+            (25, true)
+        );
+        let (p, w) = engine_peers(
+            &[d],
+            |_, _| None,
+            |r| {
+                assert_eq!(
+                    (r.namespace.as_str(), r.name.as_str(), r.key.as_str()),
+                    ("ns", "s", "k")
+                );
+                Ok(Secret32(zeroize::Zeroizing::new([6; 32])))
+            },
+        );
+        assert_eq!(p[0].preshared_key.as_ref().map(|k| *k.0), Some([6u8; 32]));
+        assert_eq!(w.len(), 1, "only the endpoint: {w:?}");
     }
 }

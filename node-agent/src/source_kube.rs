@@ -1,16 +1,17 @@
 //! The `kubernetes` source: watches Nodes and WireGuardPeers with kube-rs and hands the agent
 //! the latest lists (the same inputs the api crate's desired-state function takes), publishes
 //! this node's public key as the `wgmesh.io/public-key` annotation on its Node, and reports
-//! handshakes into `WireGuardPeer.status.latestHandshake` at a bounded rate. It runs a tokio
-//! runtime on its own thread; the synchronous agent loop only reads snapshots.
+//! handshakes into `WireGuardPeer.status.latestHandshake` at a bounded rate, and reads the
+//! Secrets holding the peers' preshared keys. It runs a tokio runtime on its own thread; the
+//! synchronous agent loop only reads snapshots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -22,6 +23,7 @@ use wgmesh_api::constants::{AGENT_FIELD_MANAGER, GROUP, VERSION};
 use wgmesh_api::{PublicKey, WireGuardPeer};
 
 use crate::mesh_input::MeshInput;
+use crate::psk::{self, PresharedKeys, PskError, SecretKeyId};
 
 /// A status write for one peer is skipped unless the status is older than this.
 pub const REPORT_STALENESS: Duration = Duration::from_secs(60);
@@ -29,6 +31,10 @@ pub const REPORT_STALENESS: Duration = Duration::from_secs(60);
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// At most this many status writes per reporting round (one round per tick at most).
 pub const REPORTS_PER_ROUND: usize = 5;
+/// Referenced Secrets are read again this often (a key rotated in place leaves no peer event).
+pub const SECRET_REFRESH: Duration = Duration::from_secs(60);
+/// One Secret read may take this long before it counts as failed.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -124,6 +130,9 @@ pub struct Snapshot {
     pub peers: BTreeMap<String, WireGuardPeer>,
     pub nodes_synced: bool,
     pub peers_synced: bool,
+    pub preshared_keys: PresharedKeys,
+    /// Secrets of new or changed peers are being read: the inputs wait for them.
+    pub psk_pending: bool,
 }
 
 /// Applies one watch event to a map; returns whether the initial list has completed.
@@ -152,6 +161,84 @@ pub fn apply_event<K: ResourceExt + Clone>(
     false
 }
 
+/// The Secret (namespace, name) to read again after `ev`: that of a peer that is new or whose
+/// spec changed (status writes leave the spec alone, so they cause no reads).
+pub fn secret_touched(
+    peers: &BTreeMap<String, WireGuardPeer>,
+    ev: &Event<WireGuardPeer>,
+) -> Option<(String, String)> {
+    let Event::Apply(p) = ev else { return None };
+    let r = p.spec.preshared_key_secret_ref.as_ref()?;
+    let unchanged = peers.get(&p.name_any()).is_some_and(|o| o.spec == p.spec);
+    (!unchanged).then(|| SecretKeyId::from(r).secret())
+}
+
+/// Reads one Secret by name.
+async fn get_secret(client: Client, namespace: &str, name: &str) -> Result<Secret, PskError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    match tokio::time::timeout(SECRET_TIMEOUT, api.get(name)).await {
+        Err(_) => Err(PskError::Api("timed out".into())),
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(kube::Error::Api(st))) if st.is_not_found() => Err(PskError::SecretNotFound),
+        Ok(Err(kube::Error::Api(st))) if st.is_forbidden() => Err(PskError::Forbidden),
+        Ok(Err(e)) => Err(PskError::Api(e.to_string())),
+    }
+}
+
+/// Reads the Secrets in `fetch` that the peers still reference, drops keys no peer references
+/// any more and publishes the result; the inputs are released even if reads failed.
+async fn refresh_secrets(
+    client: &Client,
+    shared: &Mutex<Snapshot>,
+    fetch: BTreeSet<(String, String)>,
+) {
+    let wanted = {
+        let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        psk::referenced(s.peers.values())
+    };
+    let mut read: BTreeMap<(String, String), Result<Secret, PskError>> = BTreeMap::new();
+    for secret in wanted.iter().map(SecretKeyId::secret) {
+        if fetch.contains(&secret) && !read.contains_key(&secret) {
+            let r = get_secret(client.clone(), &secret.0, &secret.1).await;
+            read.insert(secret, r);
+        }
+    }
+    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = PresharedKeys::default();
+    for id in wanted {
+        let old = s.preshared_keys.0.get(&id);
+        let value = match read.get(&id.secret()) {
+            None => old.cloned().unwrap_or(Err(PskError::NotRead)),
+            Some(Ok(secret)) => psk::psk_from_secret(secret, &id.key),
+            // a passing API failure must not take away a key that works
+            Some(Err(e @ PskError::Api(_))) => match old {
+                Some(Ok(k)) => {
+                    tracing::warn!(secret = %format!("{}/{}", id.namespace, id.name), error = %e, "cannot read the preshared-key Secret; keeping the key read before");
+                    Ok(k.clone())
+                }
+                _ => Err(e.clone()),
+            },
+            Some(Err(e)) => Err(e.clone()),
+        };
+        next.0.insert(id, value);
+    }
+    for mut secret in read.into_values().flatten() {
+        psk::wipe(&mut secret);
+    }
+    s.psk_pending = false;
+    if next != s.preshared_keys {
+        s.preshared_keys = next;
+        s.generation += 1;
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, KubeError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(KubeError::Runtime)
+}
+
 /// Handle held by the agent.
 pub struct KubeSource {
     shared: Arc<Mutex<Snapshot>>,
@@ -164,11 +251,29 @@ pub struct KubeSource {
 impl KubeSource {
     /// Connects with the in-cluster (or kubeconfig) credentials and starts watching.
     pub fn start(node_name: &str, key: PublicKey) -> Result<Self, KubeError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(KubeError::Runtime)?;
+        let rt = runtime()?;
         let client = rt.block_on(Client::try_default())?;
+        Self::spawn(rt, client, node_name, key, SECRET_REFRESH)
+    }
+
+    /// Starts watching through `client` (tests pass one built on a mock service; its request
+    /// buffer runs on the runtime it was created in).
+    pub fn start_with_client(
+        client: Client,
+        node_name: &str,
+        key: PublicKey,
+        secret_refresh: Duration,
+    ) -> Result<Self, KubeError> {
+        Self::spawn(runtime()?, client, node_name, key, secret_refresh)
+    }
+
+    fn spawn(
+        rt: tokio::runtime::Runtime,
+        client: Client,
+        node_name: &str,
+        key: PublicKey,
+        secret_refresh: Duration,
+    ) -> Result<Self, KubeError> {
         let shared = Arc::new(Mutex::new(Snapshot::default()));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let stop = Arc::new(AtomicBool::new(false));
@@ -176,7 +281,7 @@ impl KubeSource {
         let (s, n, st) = (shared.clone(), node_name.to_owned(), stop.clone());
         std::thread::Builder::new()
             .name("kube".into())
-            .spawn(move || rt.block_on(run(client, n, key_rx, s, rx, st)))
+            .spawn(move || rt.block_on(run(client, n, key_rx, s, rx, st, secret_refresh)))
             .map_err(KubeError::Runtime)?;
         Ok(KubeSource {
             shared,
@@ -187,16 +292,21 @@ impl KubeSource {
         })
     }
 
-    /// The inputs, if they changed since the last call and both initial lists are complete.
+    /// The inputs, if they changed since the last call, both initial lists are complete and
+    /// the Secrets of new or changed peers have been read.
     pub fn poll(&mut self) -> Option<MeshInput> {
         let snap = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if snap.generation == self.seen || !(snap.nodes_synced && snap.peers_synced) {
+        if snap.generation == self.seen
+            || !(snap.nodes_synced && snap.peers_synced)
+            || snap.psk_pending
+        {
             return None;
         }
         self.seen = snap.generation;
         Some(MeshInput {
             nodes: snap.nodes.values().cloned().collect(),
             peers: snap.peers.values().cloned().collect(),
+            preshared_keys: snap.preshared_keys.clone(),
         })
     }
 
@@ -230,6 +340,7 @@ async fn run(
     shared: Arc<Mutex<Snapshot>>,
     mut reports: tokio::sync::mpsc::Receiver<Vec<(String, SystemTime)>>,
     stop: Arc<AtomicBool>,
+    secret_refresh: Duration,
 ) {
     let nodes = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff();
@@ -245,6 +356,7 @@ async fn run(
     let mut key_published = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut key = *key_rx.borrow_and_update();
+    let mut secrets_read_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         tokio::select! {
             Ok(()) = key_rx.changed() => {
@@ -266,10 +378,21 @@ async fn run(
                 Err(e) => tracing::warn!(error = %e, "Node watch failed; retrying"),
             },
             Some(ev) = peers.next() => match ev {
-                Ok(ev) => bump(&shared, |s| {
-                    let done = apply_event(&mut s.peers, &mut pending_peers, ev);
-                    s.peers_synced |= done;
-                }),
+                Ok(ev) => {
+                    let mut fetch = BTreeSet::new();
+                    bump(&shared, |s| {
+                        fetch.extend(secret_touched(&s.peers, &ev));
+                        let done = apply_event(&mut s.peers, &mut pending_peers, ev);
+                        s.peers_synced |= done;
+                        if done {
+                            fetch.extend(psk::referenced(s.peers.values()).iter().map(SecretKeyId::secret));
+                        }
+                        s.psk_pending |= s.peers_synced && !fetch.is_empty();
+                    });
+                    if shared.lock().unwrap_or_else(|e| e.into_inner()).peers_synced {
+                        refresh_secrets(&client, &shared, fetch).await;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "WireGuardPeer watch failed; retrying"),
             },
             Some(observed) = reports.recv() => {
@@ -284,6 +407,15 @@ async fn run(
                 }
             },
             _ = tick.tick() => {
+                let synced = shared.lock().unwrap_or_else(|e| e.into_inner()).peers_synced;
+                if synced && secrets_read_at.elapsed() >= secret_refresh {
+                    let all = {
+                        let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        psk::referenced(s.peers.values()).iter().map(SecretKeyId::secret).collect()
+                    };
+                    refresh_secrets(&client, &shared, all).await;
+                    secrets_read_at = Instant::now();
+                }
                 if !key_published {
                     match publish_key(client.clone(), &node_name, &key).await {
                         Ok(changed) => {
@@ -357,6 +489,47 @@ mod tests {
                 .len(),
             REPORTS_PER_ROUND
         );
+    }
+
+    fn peer(name: &str, secret: Option<&str>, allowed: &str) -> WireGuardPeer {
+        WireGuardPeer::new(
+            name,
+            wgmesh_api::WireGuardPeerSpec {
+                public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+                endpoint: None,
+                allowed_ips: vec![allowed.into()],
+                persistent_keepalive: None,
+                preshared_key_secret_ref: secret.map(|s| wgmesh_api::SecretKeyRef {
+                    namespace: "ns".into(),
+                    name: s.into(),
+                    key: "psk".into(),
+                }),
+                node_name: None,
+            },
+        )
+    }
+
+    #[test]
+    fn secrets_are_read_again_only_for_new_or_changed_peers() {
+        let want = Some(("ns".to_owned(), "s1".to_owned()));
+        let mut peers = BTreeMap::new();
+        let p = peer("a", Some("s1"), "10.8.0.0/24");
+        assert_eq!(secret_touched(&peers, &Event::Apply(p.clone())), want);
+        peers.insert("a".to_owned(), p.clone());
+        // a status write (same spec) reads nothing
+        let mut status_only = p.clone();
+        status_only.status = Some(wgmesh_api::WireGuardPeerStatus::default());
+        assert_eq!(secret_touched(&peers, &Event::Apply(status_only)), None);
+        assert_eq!(
+            secret_touched(&peers, &Event::Apply(peer("a", Some("s1"), "10.9.0.0/24"))),
+            want
+        );
+        assert_eq!(
+            secret_touched(&peers, &Event::Apply(peer("b", None, "10.9.0.0/24"))),
+            None
+        );
+        assert_eq!(secret_touched(&peers, &Event::Delete(p.clone())), None);
+        assert_eq!(secret_touched(&peers, &Event::InitApply(p)), None);
     }
 
     #[test]
