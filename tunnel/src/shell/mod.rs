@@ -26,6 +26,8 @@ const TUN_OFFSET: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 const GSO_MAX_BYTES: usize = 65000;
 /// Datagrams per receive call (quinn-udp's recvmmsg batch).
 const UDP_BATCH: usize = if quinn_udp::BATCH_SIZE < BATCH { quinn_udp::BATCH_SIZE } else { BATCH };
+/// Packets per coalescing TUN write (see TunWriter).
+const GRO_CHUNK: usize = 64;
 /// Timers are checked at least this often; deadlines in between are honoured exactly.
 const TICK: Duration = Duration::from_millis(100);
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -491,9 +493,10 @@ struct TunWriter {
 
 impl TunWriter {
     fn write(&mut self, tun: &SyncDevice, batch: &mut Batch) {
-        let packets = batch.tun_packets();
-        // A full TUN queue drops, as a NIC would.
-        if !packets.is_empty() {
+        // tun-rs's coalescing compares each packet with every pending segment of its flow:
+        // chunks bound that work, and one chunk still fills a 64 KiB write.
+        for packets in batch.tun_packets().chunks_mut(GRO_CHUNK) {
+            // A full TUN queue drops, as a NIC would.
             if let Err(e) = tun.send_multiple(&mut self.gro, packets, TUN_OFFSET) {
                 tracing::debug!(error = %e, "TUN write failed");
             }
