@@ -85,6 +85,20 @@ pub enum Outcome {
     Dropped(Drop),
 }
 
+impl Outcome {
+    /// The datagram proved it came from a peer, whose endpoint is now the datagram's source.
+    pub fn authenticated(self) -> bool {
+        matches!(
+            self,
+            Outcome::Delivered
+                | Outcome::Keepalive
+                | Outcome::InitiationConsumed
+                | Outcome::ResponseConsumed
+                | Outcome::Dropped(Drop::SourceNotAllowed)
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drop {
     NotWireGuard,

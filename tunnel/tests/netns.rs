@@ -110,6 +110,24 @@ fn roaming_and_crypto_rp_filter() {
 }
 
 #[test]
+fn replies_leave_from_the_address_the_peer_wrote_to() {
+    // netns.sh's sticky-source rows: ours has two addresses on one link and wireguard-go
+    // knows the secondary one. Replies from the primary would make wireguard-go roam to it.
+    let p = pair(Impl::Ours, Impl::WireguardGo, false);
+    let (ours, theirs) = (&p.ns[0], &p.ns[1]);
+    p.lab.exec_ok(ours, &["ip", "addr", "add", "10.77.0.11/24", "dev", &p.veth.0]);
+    p.lab.wg_set(theirs, &p.iface[1], None, &format!("peer {} endpoint 10.77.0.11:51001", p.keys[0].public));
+    let endpoint = || p.lab.exec_ok(theirs, &["wg", "show", &p.iface[1], "endpoints"]);
+    assert!(p.lab.ping(theirs, "192.168.241.1", 2));
+    assert!(p.lab.ping(ours, "192.168.241.2", 2));
+    assert!(endpoint().contains("10.77.0.11:51001"), "our replies came from another address: {}", endpoint());
+    // The address goes away: sends fall back to what routing picks, and traffic goes on.
+    p.lab.exec_ok(ours, &["ip", "addr", "del", "10.77.0.11/24", "dev", &p.veth.0]);
+    assert!(p.lab.ping(ours, "192.168.241.2", 2));
+    assert!(endpoint().contains("10.77.0.1:51001"), "peer should follow us to the primary: {}", endpoint());
+}
+
+#[test]
 fn endpoint_learned_from_handshake() {
     let p = pair(Impl::Ours, Impl::Ours, false);
     // Side 1 forgets side 0's endpoint: re-create the peer without one.

@@ -4,7 +4,7 @@
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -22,15 +22,16 @@ impl Socket4or6 {
     pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
         self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
     }
-    /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several).
-    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize) -> io::Result<()> {
+    /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several),
+    /// from local address `src` when given (IP_PKTINFO).
+    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>) -> io::Result<()> {
         let segment_size = (bytes.len() > segment).then_some(segment);
-        let t = Transmit { destination: to, ecn: None, contents: bytes, segment_size, src_ip: None };
+        let t = Transmit { destination: to, ecn: None, contents: bytes, segment_size, src_ip };
         match self.state.try_send(UdpSockRef::from(&self.socket), &t) {
             // The kernel refused the segmentation (EIO without checksum offload): one by one.
             Err(e) if segment_size.is_some() && e.kind() != io::ErrorKind::WouldBlock => {
                 for d in bytes.chunks(segment) {
-                    let t = Transmit { destination: to, ecn: None, contents: d, segment_size: None, src_ip: None };
+                    let t = Transmit { destination: to, ecn: None, contents: d, segment_size: None, src_ip };
                     self.state.try_send(UdpSockRef::from(&self.socket), &t)?;
                 }
                 Ok(())

@@ -10,7 +10,9 @@ use crate::uapi::{self, UapiError};
 use batch::Batch;
 use bind::Bind;
 use quinn_udp::RecvMeta;
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +83,10 @@ pub struct Engine {
     pub socket_path: PathBuf,
     state: Mutex<State>,
     tun_reader: Mutex<TunReader>,
+    /// Sticky source: the local address each authenticated remote last wrote to, used as the
+    /// source of what we send it (the kernel's endpoint src cache), so multi-homed nodes reply
+    /// from the address the peer knows.
+    sticky: RwLock<HashMap<SocketAddr, IpAddr>>,
     bind: RwLock<Option<Arc<Bind>>>,
     tun: SyncDevice,
     pub stop: Arc<AtomicBool>,
@@ -143,6 +149,7 @@ impl Engine {
             socket_path,
             state: Mutex::new(State { dev: Device::default(), listen_port: 0, fwmark: 0 }),
             tun_reader: Mutex::new(TunReader::default()),
+            sticky: RwLock::new(HashMap::new()),
             bind: RwLock::new(None),
             tun,
             stop: Arc::new(AtomicBool::new(false)),
@@ -187,10 +194,16 @@ impl Engine {
         if let Some(bind) = bind {
             let segs = bind.v4.as_ref().map_or(1, |s| s.max_gso_segments()).max(1);
             for (to, d, seg) in batch.send_runs(segs, GSO_MAX_BYTES) {
-                if let Some(s) = bind.socket_for(to) {
-                    if let Err(e) = s.send(to, d, seg) {
-                        tracing::debug!(%to, error = %e, "send failed");
-                    }
+                let Some(s) = bind.socket_for(to) else { continue };
+                let src = self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
+                let mut sent = s.send(to, d, seg, src);
+                if sent.is_err() && src.is_some() {
+                    // The address left the host (or the route changed): forget it, let routing choose.
+                    self.sticky.write().unwrap_or_else(|e| e.into_inner()).remove(&to);
+                    sent = s.send(to, d, seg, None);
+                }
+                if let Err(e) = sent {
+                    tracing::debug!(%to, error = %e, "send failed");
                 }
             }
         }
@@ -239,7 +252,9 @@ impl Engine {
         let mut batch = Batch::default();
         let mut out = TunWriter::default();
         // (buffer, offset, length, source) of every datagram in a receive batch, and its check.
-        let mut segs: Vec<(usize, usize, usize, std::net::SocketAddr)> = Vec::with_capacity(BATCH * 64);
+        let mut segs: Vec<(usize, usize, usize, SocketAddr)> = Vec::with_capacity(BATCH * 64);
+        // (remote, local address it wrote to) of authenticated datagrams, for sticky sources.
+        let mut learned: Vec<(SocketAddr, IpAddr)> = Vec::with_capacity(BATCH);
         let mut jobs: Vec<Option<Result<crate::device::OpenJob, crate::device::Outcome>>> =
             Vec::with_capacity(BATCH * 64);
         while !self.stopped() {
@@ -281,6 +296,7 @@ impl Engine {
                 let stride = m.stride.max(1);
                 segs.extend((0..m.len).step_by(stride).map(|o| (i, o, stride.min(m.len - o), m.addr)));
             }
+            learned.clear();
             // Three steps, so the AEAD runs outside the device lock: check, open, finish in order.
             let clock = now();
             jobs.clear();
@@ -299,17 +315,21 @@ impl Engine {
             let mut st = self.lock();
             for (&(i, o, len, from), job) in segs.iter().zip(&jobs) {
                 let d = &mut bufs[i][o..o + len];
-                match job {
-                    None => {
-                        st.dev.handle_udp(from, d, clock, &mut batch);
+                let outcome = match job {
+                    None => st.dev.handle_udp(from, d, clock, &mut batch),
+                    Some(Ok(j)) => st.dev.finish_data(from, j, d, clock, &mut batch),
+                    Some(Err(o)) => *o,
+                };
+                if let Some(local) = meta[i].dst_ip.filter(|_| outcome.authenticated()) {
+                    if learned.last() != Some(&(from, local)) {
+                        learned.push((from, local));
                     }
-                    Some(Ok(j)) => {
-                        st.dev.finish_data(from, j, d, clock, &mut batch);
-                    }
-                    Some(Err(_)) => {}
                 }
             }
             drop(st);
+            for &(from, local) in &learned {
+                self.learn_source(from, local);
+            }
             let written = batch.delivers().count();
             self.flush(&mut batch, &mut out);
             if (1..=INLINE_TUN_READ_MAX).contains(&written) {
@@ -318,6 +338,19 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Records that `remote` reached us at `local`; written only when it changed.
+    fn learn_source(&self, remote: SocketAddr, local: IpAddr) {
+        if self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&remote) == Some(&local) {
+            return;
+        }
+        let mut map = self.sticky.write().unwrap_or_else(|e| e.into_inner());
+        // Bounded: remotes only enter after authenticating; a roaming storm just starts over.
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        map.insert(remote, local);
     }
 
     fn timer_loop(&self) {
@@ -450,7 +483,7 @@ impl Engine {
 type Check = Option<Result<crate::device::OpenJob, crate::device::Outcome>>;
 
 /// Opens every data message of a receive batch in place, on all cores when the batch is big.
-fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, std::net::SocketAddr)], jobs: &mut [Check]) {
+fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, SocketAddr)], jobs: &mut [Check]) {
     let bytes: usize = segs.iter().map(|s| s.2).sum();
     let open = |(d, job): (&mut [u8], &mut Check)| {
         if let Some(Ok(j)) = job {
