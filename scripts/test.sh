@@ -18,7 +18,8 @@ if [ "$fuzz_seconds" != 0 ]; then
   for spec in tunnel:message_parser tunnel:receive_path tunnel:uapi_parser tunnel:offload cni:config_parser; do
     crate="${spec%%:*}" target="${spec#*:}"
     echo "-- $crate/$target"
-    (cd "$crate/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" 2>&1 | tail -n 3)
+    dict=() && [ -f "$crate/fuzz/$target.dict" ] && dict=(-dict="$target.dict")
+    (cd "$crate/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" "${dict[@]}" 2>&1 | tail -n 3)
   done
 fi
 echo "== all tests passed"
