@@ -10,7 +10,8 @@ use crate::peer::SecretKeyRef;
 pub struct DesiredPeer {
     /// Name of the `WireGuardPeer` (for logs and status reporting).
     pub name: String,
-    /// Peer's public key; the agent replaces a peer whose key changed with a fresh one.
+    /// Peer's public key; when it changes under the same name the agent renames the peer in
+    /// place (`rotate_public_key`), keeping its sessions.
     pub public_key: PublicKey,
     /// Where to send packets, if known.
     pub endpoint: Option<Endpoint>,
