@@ -220,7 +220,10 @@ impl Agent {
 
     /// One reconcile pass.
     pub fn tick(&mut self) -> Result<(), AgentError> {
-        self.reload_key()?;
+        if let Err(e) = self.reload_key() {
+            // the old key keeps working; everything else still gets reconciled
+            tracing::warn!(error = %e, "cannot load the rotated private key; keeping the current one");
+        }
         let source_result = self.refresh_desired();
         if self.input.is_none() {
             // never reconcile peers against an unread source: that would remove them all
@@ -286,18 +289,19 @@ impl Agent {
             self.key_stamp = key::FileStamp::of(path);
             return Ok(());
         }
-        let (k, _) = key::load_or_create(path)?;
-        self.key_stamp = stamp;
-        if k == self.key {
-            return Ok(());
+        let k = key::load(path)?;
+        if k != self.key {
+            let public_key = k.public_key();
+            tracing::info!(old = %self.public_key, new = %public_key, "node key rotated; moving the engine to it");
+            // published first: the engine follows on this tick, the peers must learn it too
+            self.source.publish_key(public_key);
+            self.key = k;
+            self.public_key = public_key;
+            self.resolved_at = None;
         }
-        let public_key = k.public_key();
-        tracing::info!(old = %self.public_key, new = %public_key, "node key rotated; moving the engine to it");
-        self.key = k;
-        self.public_key = public_key;
-        write_public_key_file(&self.cfg, public_key)?;
-        self.source.publish_key(public_key);
-        self.resolved_at = None;
+        write_public_key_file(&self.cfg, self.public_key)?;
+        // only now: a failed step above is retried on the next tick
+        self.key_stamp = stamp;
         Ok(())
     }
 
@@ -487,7 +491,23 @@ impl Agent {
                 "configuring engine"
             );
         }
-        client.set(&p.render(&self.key))?;
+        let mut p = p;
+        match client.set(&p.render(&self.key)) {
+            // not a wgmesh engine (say wireguard-go): no rotation extensions, plain replace
+            Err(UapiError::Errno(-22)) if p.uses_extensions() => {
+                tracing::warn!("the engine refused the key-rotation extensions; replacing peers instead (one handshake each)");
+                p = plan(
+                    &observed,
+                    &desired,
+                    &self.applied_endpoints,
+                    &may_kick,
+                    &BTreeMap::new(),
+                );
+                p.keep_sessions = false;
+                client.set(&p.render(&self.key))?;
+            }
+            r => r?,
+        }
         self.applied_names = names;
         for u in &p.update {
             if let (Some(old), Some(new)) = (u.rename_from, u.public_key) {

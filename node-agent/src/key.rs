@@ -99,27 +99,28 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// Loads the key at `path`; a missing file is an error (never a new identity).
+pub fn load(path: &Path) -> Result<PrivateKey, KeyError> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.into(),
+        source,
+    })?);
+    tighten_mode(path);
+    let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::Malformed(path.into()))?;
+    PrivateKey::from_base64(text).ok_or_else(|| KeyError::Malformed(path.into()))
+}
+
 /// Loads the key at `path`, or generates and stores one if the file does not exist.
 /// Returns the key and whether it was generated now.
 pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let bytes = Zeroizing::new(bytes);
-            tighten_mode(path);
-            let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::Malformed(path.into()))?;
-            let key =
-                PrivateKey::from_base64(text).ok_or_else(|| KeyError::Malformed(path.into()))?;
-            Ok((key, false))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    match load(path) {
+        Ok(key) => Ok((key, false)),
+        Err(KeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             let key = PrivateKey::generate();
             store(path, &key)?;
             Ok((key, true))
         }
-        Err(source) => Err(KeyError::Read {
-            path: path.into(),
-            source,
-        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -57,6 +57,11 @@ impl UapiPlan {
         *self == UapiPlan::default()
     }
 
+    /// Whether the request uses wgmesh's rotation extensions, which other engines refuse.
+    pub fn uses_extensions(&self) -> bool {
+        self.keep_sessions || self.update.iter().any(|u| u.rename_from.is_some())
+    }
+
     /// The request body (without `set=1`). Holds the private key when it must be set.
     pub fn render(&self, private_key: &PrivateKey) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::new());
@@ -193,10 +198,12 @@ pub fn plan(
             rename_from,
             ..PeerUpdate::default()
         };
-        if d.endpoint.is_some()
-            && o.endpoint != d.endpoint
-            && (o.endpoint.is_none() || applied_endpoints.get(&d.public_key) != d.endpoint.as_ref())
-        {
+        // a roamed endpoint is kept, but not across a key change: the old key's holder may be
+        // the one who moved it (a rotation after a compromise), so the desired one is forced
+        let roamed = rename_from.is_none()
+            && o.endpoint.is_some()
+            && applied_endpoints.get(&d.public_key) == d.endpoint.as_ref();
+        if d.endpoint.is_some() && o.endpoint != d.endpoint && !roamed {
             u.endpoint = d.endpoint;
         }
         let mut want_ips = d.allowed_ips.clone();
@@ -355,6 +362,16 @@ mod tests {
             "{}",
             text.as_str()
         );
+        assert!(p.uses_extensions());
+        // a rename forces the desired endpoint even where the engine roamed
+        let mut roamed = observed.clone();
+        if let Some(ps) = roamed.peers.get_mut(&pk(2)) {
+            ps.endpoint = Some(ep("198.51.100.7:4000"));
+        }
+        let applied: BTreeMap<PublicKey, SocketAddr> =
+            [(pk(2), ep("192.0.2.2:51820"))].into_iter().collect();
+        let p = plan(&roamed, &after, &applied, &BTreeSet::new(), &names);
+        assert_eq!(p.update[0].endpoint, Some(ep("192.0.2.2:51820")));
         // without memory of the name (a restarted agent) it is a plain replace
         let p = plan_of(&observed, &after);
         assert_eq!(p.remove, [pk(2)]);

@@ -108,6 +108,15 @@ pub fn wipe(secret: &mut Secret) {
     for v in secret.string_data.iter_mut().flat_map(|d| d.values_mut()) {
         v.zeroize();
     }
+    // `kubectl apply` repeats the data in last-applied-configuration
+    for v in secret
+        .metadata
+        .annotations
+        .iter_mut()
+        .flat_map(|a| a.values_mut())
+    {
+        v.zeroize();
+    }
 }
 
 /// Every key the peers reference.

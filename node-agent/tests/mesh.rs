@@ -523,6 +523,71 @@ fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() 
 }
 
 #[test]
+fn rotation_falls_back_to_a_plain_key_change_on_an_engine_without_the_extensions() {
+    let _serial = serial();
+    let (mut m, cap, p1, p2) = two_nodes_up();
+    // Node 1's agent now drives wireguard-go, which refuses wgmesh's UAPI extensions.
+    m.kill_agent(1);
+    if let Some(pid) = m.engine_pid(1) {
+        // SAFETY: the pid of the engine serving this test's uniquely named interface.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    m.node_mut(1).engine = std::path::PathBuf::from("wireguard-go");
+    m.start_agent(1);
+    m.wait_ready(1);
+    let wggo = wait_for(Duration::from_secs(10), || {
+        m.engine_pid(1)
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok())
+            .is_some_and(|c| c.contains("wireguard-go"))
+    });
+    assert!(wggo.is_some(), "node 1 never ran wireguard-go");
+    assert!(
+        wait_for(Duration::from_secs(10), || ping(&p1.ns, p2.v4, 1, "1")).is_some(),
+        "mesh up with wireguard-go on node 1"
+    );
+    let (ns1, if1) = (m.node(1).ns.clone(), m.node(1).ifname.clone());
+    let o = run(Command::new(AGENT)
+        .args(["rotate-key", "--private-key"])
+        .arg(&m.node(1).key_path));
+    assert!(
+        o.status.success(),
+        "rotate-key: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let new_key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let moved = wait_for(Duration::from_secs(3), || {
+        wg_show(&ns1, &if1, "public-key")
+            .first()
+            .map(|f| f[0].as_str())
+            == Some(new_key.as_str())
+    });
+    assert!(
+        moved.is_some(),
+        "the agent never moved wireguard-go to the new key"
+    );
+    m.node_mut(1).public_key = new_key;
+    m.publish(1);
+    assert!(
+        wait_for(Duration::from_secs(10), || ping(&p1.ns, p2.v4, 1, "1")
+            && ping(&p2.ns, p1.v6, 1, "1"))
+        .is_some(),
+        "no traffic under the new key"
+    );
+    assert!(
+        m.log_tail(1)
+            .contains("refused the key-rotation extensions"),
+        "{}",
+        m.log_tail(1)
+    );
+    let s = m.stop_capture(cap);
+    assert!(
+        s.other_ip.is_empty(),
+        "non-WireGuard IP packets on the underlay: {:?}",
+        &s.other_ip[..s.other_ip.len().min(10)]
+    );
+}
+
+#[test]
 fn cleanup_removes_everything_the_agent_installed() {
     let _serial = serial();
     let mut m = Mesh::new(1, 0);

@@ -65,8 +65,8 @@ fn nonce(counter: u64) -> [u8; 12] {
 }
 
 /// A ChaCha20-Poly1305 key (RFC 7539). The AEAD itself is ring's: about 3× the throughput
-/// of the pure-Rust crate here (see tunnel/README.md). The key stays in our zeroizing
-/// storage; ring's key schedule for ChaCha20 is a plain copy made per call on the stack.
+/// of the pure-Rust crate here (see tunnel/README.md). ring's key is built once per session
+/// key and wiped on drop; the moves while it is built may leave copies on the stack.
 pub struct Aead(std::mem::ManuallyDrop<ring::aead::LessSafeKey>);
 
 impl Aead {

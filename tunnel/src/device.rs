@@ -258,6 +258,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 peer.handshake.precompute(dev.identity.as_ref());
                 dev.clear_handshake(peer);
                 peer.last_sent_handshake = None;
+                peer.keypairs.mark_old_key();
             });
         }
     }
@@ -282,6 +283,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             peer.cookie = CookieState::new(&key);
             peer.public_key = key;
             peer.last_sent_handshake = None;
+            peer.keypairs.mark_old_key();
             if dev.up {
                 dev.initiate(peer, id, false, now, out);
             }
@@ -915,6 +917,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 peer.last_handshake = Some(now.wall);
                 dev.send_staged(peer, id, None, now, out);
             }
+            // After a rotation, old-key sessions end as soon as the peer uses a newer one.
+            let old = peer.keypairs.end_old_key(job.local);
+            dev.drop_keypairs([old]);
             dev.keep_key_fresh_on_receive(peer, id, now, out);
             if is_keepalive {
                 peer.rx_bytes += d.len() as u64;

@@ -22,6 +22,8 @@ pub struct Keypair {
     pub is_initiator: bool,
     pub local_index: u32,
     pub remote_index: u32,
+    /// Made under a static key since rotated (see `Keypairs::end_old_key`).
+    pub old_key: bool,
 }
 
 impl Keypair {
@@ -36,6 +38,7 @@ impl Keypair {
             is_initiator: s.is_initiator,
             local_index,
             remote_index: s.remote_index,
+            old_key: false,
         }
     }
 
@@ -151,6 +154,20 @@ impl Keypairs {
         let old_prev = std::mem::replace(&mut self.previous, self.current.take());
         self.current = Some(next);
         old_prev
+    }
+
+    /// After a key rotation: these sessions were made under a key that is gone.
+    pub fn mark_old_key(&mut self) {
+        for kp in [&mut self.previous, &mut self.current, &mut self.next].into_iter().flatten() {
+            kp.old_key = true;
+        }
+    }
+
+    /// Takes the previous keypair if it is an old-key session and `local` names a current
+    /// one that is not: the peer has moved on, so the old session ends now.
+    pub fn end_old_key(&mut self, local: u32) -> Option<Box<Keypair>> {
+        let moved_on = self.current.as_ref().is_some_and(|k| k.local_index == local && !k.old_key);
+        self.previous.take_if(|p| moved_on && p.old_key)
     }
 
     pub fn clear(&mut self) -> [Option<Box<Keypair>>; 3] {

@@ -205,11 +205,6 @@ pub fn apply<R: RngCore + CryptoRng>(
         let Some(id) = existing.or_else(|| dev.add_peer(pk)) else {
             continue;
         };
-        if let Some(new) = p.new_public_key {
-            if !dev.rename_peer(id, new, now, out) {
-                return Err(UapiError::Exists(new.to_hex()));
-            }
-        }
         if let Some(psk) = p.preshared_key {
             dev.set_preshared_key(id, psk);
         }
@@ -228,6 +223,12 @@ pub fn apply<R: RngCore + CryptoRng>(
         }
         if let Some(secs) = p.persistent_keepalive {
             dev.set_persistent_keepalive(id, secs, now, out);
+        }
+        // Last, so its handshake goes to the endpoint this block set.
+        if let Some(new) = p.new_public_key {
+            if !dev.rename_peer(id, new, now, out) {
+                return Err(UapiError::Exists(new.to_hex()));
+            }
         }
         dev.flush_staged(id, now, out);
     }

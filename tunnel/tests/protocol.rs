@@ -479,6 +479,11 @@ fn key_rotation_keeps_sessions_until_the_peer_renames_then_rekeys_at_once() {
     net.flush();
     assert_eq!(kinds(net.frames_since(n)), vec![(0, 4, 128), (1, 4, 128)]);
     assert_eq!((net.delivered[0].len(), net.delivered[1].len()), (2, 2));
+    // One old-session packet each way is held back, to be replayed after the switch.
+    net.ping(0, 1);
+    net.ping(1, 0);
+    let late_to_0 = net.wire.pop_back().unwrap().bytes;
+    let late_to_1 = net.wire.pop_back().unwrap().bytes;
     // Device 1 learns the key: same peer (allowed IPs, endpoint), one handshake under the new key.
     let id = net.peer(1, 0);
     let n = net.log.len();
@@ -495,6 +500,11 @@ fn key_rotation_keeps_sessions_until_the_peer_renames_then_rekeys_at_once() {
     net.flush();
     assert_eq!(kinds(net.frames_since(n)), vec![(0, 4, 128), (1, 4, 128)]);
     assert_eq!((net.delivered[0].len(), net.delivered[1].len()), (3, 3));
+    // Once both sides carried data under the new key, old-key sessions are gone on both.
+    let (o, _) = net.inject(1, net.addrs[0], &late_to_1);
+    assert_eq!(o, Outcome::Dropped(Drop::UnknownIndex), "renamed side still takes the old session");
+    let (o, _) = net.inject(0, net.addrs[1], &late_to_0);
+    assert_eq!(o, Outcome::Dropped(Drop::UnknownIndex), "rotated side still takes the old session");
     // Past the old session's lifetime everything still works: only new-key sessions remain.
     net.run_for(secs(200));
     net.ping(0, 1);

@@ -298,6 +298,8 @@ pub struct Node {
     pub log: PathBuf,
     pub agent: Option<Child>,
     pub pods: Vec<Pod>,
+    /// The engine binary its agent starts.
+    pub engine: PathBuf,
 }
 
 impl Node {
@@ -463,6 +465,7 @@ impl Mesh {
             log: self.dir.path().join(format!("n{n}/agent.log")),
             agent: None,
             pods: Vec::new(),
+            engine: tunnel_bin(),
         };
         self.nodes.push(node);
         if publish {
@@ -530,7 +533,7 @@ impl Mesh {
             .arg("--readiness-path")
             .arg(&node.readiness)
             .arg("--engine-binary")
-            .arg(tunnel_bin())
+            .arg(&node.engine)
             .args([
                 "--cluster-cidr",
                 "10.244.0.0/16",
@@ -738,7 +741,9 @@ pub fn engine_pids(ifname: &str) -> Vec<i32> {
             continue;
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-        let is_engine = args.first().is_some_and(|a| a.ends_with(b"wgmesh-tunnel"));
+        let is_engine = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"wgmesh-tunnel") || a.ends_with(b"wireguard-go"));
         if is_engine && args.last() == Some(&ifname.as_bytes()) {
             // a zombie has an empty cmdline, so anything found here is alive
             out.push(pid);

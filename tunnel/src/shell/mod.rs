@@ -197,8 +197,11 @@ impl Engine {
                 let Some(s) = bind.socket_for(to) else { continue };
                 let src = self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
                 let mut sent = s.send(to, d, seg, src);
-                if sent.is_err() && src.is_some() {
-                    // The address left the host (or the route changed): forget it, let routing choose.
+                let gone = |e: &io::Error| {
+                    matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH))
+                };
+                if src.is_some() && sent.as_ref().is_err_and(gone) {
+                    // The address left the host: forget it and let routing choose.
                     self.sticky.write().unwrap_or_else(|e| e.into_inner()).remove(&to);
                     sent = s.send(to, d, seg, None);
                 }
@@ -342,6 +345,11 @@ impl Engine {
 
     /// Records that `remote` reached us at `local`; written only when it changed.
     fn learn_source(&self, remote: SocketAddr, local: IpAddr) {
+        // A link-local source needs its interface too; without it sendmsg fails with EINVAL,
+        // on which quinn-udp turns GSO off for good: let routing choose those.
+        if matches!(local, IpAddr::V6(a) if a.is_unicast_link_local()) {
+            return;
+        }
         if self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&remote) == Some(&local) {
             return;
         }
