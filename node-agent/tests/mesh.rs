@@ -341,6 +341,17 @@ fn three_nodes_encrypt_every_pod_packet_and_drop_what_no_peer_covers() {
     eprintln!("underlay capture: {s:?}");
 }
 
+/// Stops the underlay capture and asserts it saw no IP packet but WireGuard's.
+fn only_wireguard(m: &mut Mesh, cap: Capture) -> CaptureSummary {
+    let s = m.stop_capture(cap);
+    assert!(
+        s.other_ip.is_empty(),
+        "non-WireGuard IP packets on the underlay: {:?}",
+        &s.other_ip[..s.other_ip.len().min(10)]
+    );
+    s
+}
+
 /// Two nodes with one pod each, pinging both ways, under an underlay capture.
 fn two_nodes_up() -> (Mesh, Capture, Pod, Pod) {
     let mut m = Mesh::new(2, 1);
@@ -417,12 +428,7 @@ fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_sec
         );
     }
 
-    let s = m.stop_capture(cap);
-    assert!(
-        s.other_ip.is_empty(),
-        "non-WireGuard IP packets on the underlay: {:?}",
-        &s.other_ip[..s.other_ip.len().min(10)]
-    );
+    let s = only_wireguard(&mut m, cap);
     assert!(s.wireguard[4] > 200, "{s:?}");
 }
 
@@ -514,12 +520,7 @@ fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() 
     // And afterwards, on the new sessions.
     assert!(ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v6, 2, "2"));
 
-    let s = m.stop_capture(cap);
-    assert!(
-        s.other_ip.is_empty(),
-        "non-WireGuard IP packets on the underlay: {:?}",
-        &s.other_ip[..s.other_ip.len().min(10)]
-    );
+    only_wireguard(&mut m, cap);
 }
 
 #[test]
@@ -579,12 +580,7 @@ fn rotation_falls_back_to_a_plain_key_change_on_an_engine_without_the_extensions
         "{}",
         m.log_tail(1)
     );
-    let s = m.stop_capture(cap);
-    assert!(
-        s.other_ip.is_empty(),
-        "non-WireGuard IP packets on the underlay: {:?}",
-        &s.other_ip[..s.other_ip.len().min(10)]
-    );
+    only_wireguard(&mut m, cap);
 }
 
 #[test]
