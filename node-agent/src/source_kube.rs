@@ -196,13 +196,19 @@ async fn refresh_secrets(
         let s = shared.lock().unwrap_or_else(|e| e.into_inner());
         psk::referenced(s.peers.values())
     };
-    let mut read: BTreeMap<(String, String), Result<Secret, PskError>> = BTreeMap::new();
-    for secret in wanted.iter().map(SecretKeyId::secret) {
-        if fetch.contains(&secret) && !read.contains_key(&secret) {
-            let r = get_secret(client.clone(), &secret.0, &secret.1).await;
-            read.insert(secret, r);
-        }
-    }
+    let due: BTreeSet<(String, String)> = wanted
+        .iter()
+        .map(SecretKeyId::secret)
+        .filter(|s| fetch.contains(s))
+        .collect();
+    // all at once: the watch loop waits for this, so at most one SECRET_TIMEOUT in total
+    let results = futures::future::join_all(
+        due.iter()
+            .map(|(ns, name)| get_secret(client.clone(), ns, name)),
+    )
+    .await;
+    let read: BTreeMap<(String, String), Result<Secret, PskError>> =
+        due.into_iter().zip(results).collect();
     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
     let mut next = PresharedKeys::default();
     for id in wanted {
