@@ -82,9 +82,9 @@ pub struct RunArgs {
     /// This node's name (as in its Node / node WireGuardPeer `spec.nodeName`).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Source of the desired state.
-    #[arg(long, value_enum, default_value_t = SourceKind::File)]
-    pub source: SourceKind,
+    /// Source of the desired state [default: kubernetes, or file when --peer-dir is given].
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
     /// Directory of WireGuardPeer YAML documents (file source).
     #[arg(long)]
     pub peer_dir: Option<PathBuf>,
@@ -147,10 +147,18 @@ fn hostname() -> Option<String> {
 impl RunArgs {
     /// The validated agent configuration.
     pub fn into_config(self) -> Result<AgentConfig, String> {
-        let source = match self.source {
+        let kind = self.source.unwrap_or(if self.peer_dir.is_some() {
+            SourceKind::File
+        } else {
+            SourceKind::Kubernetes
+        });
+        let source = match kind {
             SourceKind::File => Source::File {
                 dir: self.peer_dir.ok_or("--source file needs --peer-dir")?,
             },
+            SourceKind::Kubernetes if self.peer_dir.is_some() => {
+                return Err("--peer-dir is for --source file".into())
+            }
             SourceKind::Kubernetes => Source::Kubernetes,
         };
         let http_addr = match self.http_addr.as_str() {
@@ -209,14 +217,31 @@ mod tests {
         assert_eq!(c.private_key_path, PathBuf::from(DEFAULT_PRIVATE_KEY_PATH));
         assert!(c.fail_closed);
         assert_eq!(c.engine_mode, EngineMode::Auto);
+        assert!(
+            matches!(c.source, Source::File { .. }),
+            "--peer-dir alone means file"
+        );
+        let c = parse(&["a", "run", "--node-name", "n1"]).expect("parse");
+        assert!(matches!(c.source, Source::Kubernetes), "the default source");
     }
 
     #[test]
     fn bad_values_are_refused() {
         assert!(
-            parse(&["a", "run", "--node-name", "n1"]).is_err(),
+            parse(&["a", "run", "--node-name", "n1", "--source", "file"]).is_err(),
             "file source needs a dir"
         );
+        assert!(parse(&[
+            "a",
+            "run",
+            "--node-name",
+            "n1",
+            "--source",
+            "kubernetes",
+            "--peer-dir",
+            "d"
+        ])
+        .is_err());
         assert!(parse(&[
             "a",
             "run",
