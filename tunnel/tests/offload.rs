@@ -1,8 +1,9 @@
-//! The TUN offload path the engine relies on (tun-rs's port of wireguard-go's GRO/GSO code):
-//! TCP segments of one flow coalesce into one GRO write, and a GSO super-packet splits back
+//! The TUN offload path: our coalescing (shell/gro.rs) turns TCP segments of one flow into one
+//! GRO write, and tun-rs's GSO split (what the send path uses) turns that super-packet back
 //! into exactly the segments it stands for, with valid checksums.
 
-use tun_rs::{gso_split, handle_gro, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
+use tun_rs::{gso_split, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
+use wgmesh_tunnel::shell::gro::coalesce;
 
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
@@ -81,8 +82,8 @@ fn one_flow_coalesces_then_splits_back() {
         assert!(ip_checksum_ok(s) && tcp_checksum_ok(s));
     }
     let mut bufs: Vec<Vec<u8>> = segs.iter().map(|s| with_headroom(s)).collect();
-    let (mut tcp, mut udp, mut to_write) = (Default::default(), Default::default(), Vec::new());
-    handle_gro(&mut bufs, VIRTIO_NET_HDR_LEN, &mut tcp, &mut udp, false, &mut to_write).unwrap();
+    let mut to_write = Vec::new();
+    coalesce(&mut bufs, &mut to_write);
     assert_eq!(to_write, vec![0], "ten segments of one flow become one write");
     let hdr = VirtioNetHdr::decode(&bufs[0][..VIRTIO_NET_HDR_LEN]).unwrap();
     assert_eq!((hdr.gso_type, hdr.gso_size as usize), (VIRTIO_NET_HDR_GSO_TCPV4, mss));
@@ -115,8 +116,91 @@ fn different_flows_and_a_sequence_gap_are_not_merged() {
     // SYN is never coalesced.
     let syn = segment(9000, 4, &[], 0x02);
     let mut bufs: Vec<Vec<u8>> = [a0, a1, a3, syn].iter().map(|s| with_headroom(s)).collect();
-    let (mut tcp, mut udp, mut to_write) = (Default::default(), Default::default(), Vec::new());
-    handle_gro(&mut bufs, VIRTIO_NET_HDR_LEN, &mut tcp, &mut udp, false, &mut to_write).unwrap();
+    let mut to_write = Vec::new();
+    coalesce(&mut bufs, &mut to_write);
     assert_eq!(to_write, vec![0, 2, 3]);
     assert_eq!(bufs[0].len(), VIRTIO_NET_HDR_LEN + 40 + 2 * mss);
+}
+
+/// Completes a NEEDS_CSUM checksum as the kernel would: the field holds the pseudo-header sum.
+fn complete_tcp_checksum(p: &mut [u8], iph: usize) {
+    let c = fold(add(&p[iph..]));
+    p[iph + 16..iph + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An IPv6/TCP segment with a valid checksum.
+fn segment6(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 60 + payload.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    p[6] = 6;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p[24..40].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    p[40..42].copy_from_slice(&40000u16.to_be_bytes());
+    p[42..44].copy_from_slice(&5201u16.to_be_bytes());
+    p[44..48].copy_from_slice(&seq.to_be_bytes());
+    p[48..52].copy_from_slice(&1u32.to_be_bytes());
+    p[52] = 5 << 4;
+    p[53] = flags;
+    p[54..56].copy_from_slice(&65535u16.to_be_bytes());
+    p[60..].copy_from_slice(payload);
+    let sum = add(&p[8..40]) + 6 + (20 + payload.len()) as u32 + add(&p[40..]);
+    p[56..58].copy_from_slice(&fold(sum).to_be_bytes());
+    p
+}
+
+#[test]
+fn ipv6_push_ends_a_run_and_the_kernel_can_complete_the_checksum() {
+    let mss = 800;
+    let body: Vec<u8> = (0..3 * mss + 100).map(|i| (i % 251) as u8).collect();
+    let s0 = segment6(7, &body[..mss], 0x10);
+    let s1 = segment6(7 + mss as u32, &body[mss..2 * mss], 0x10);
+    // PSH ends the run and is kept on the super-packet; what follows starts a new one.
+    let s2 = segment6(7 + 2 * mss as u32, &body[2 * mss..3 * mss], 0x18);
+    let s3 = segment6(7 + 3 * mss as u32, &body[3 * mss..], 0x10);
+    // A different acknowledgement number is another moment of the flow: never merged.
+    let mut s4 = segment6(7 + 3 * mss as u32 + 100, &body[..10], 0x10);
+    s4[51] = 2;
+    let mut bufs: Vec<Vec<u8>> = [&s0, &s1, &s2, &s3, &s4].iter().map(|s| with_headroom(s)).collect();
+    let mut to_write = Vec::new();
+    coalesce(&mut bufs, &mut to_write);
+    assert_eq!(to_write, vec![0, 3, 4]);
+    let hdr = VirtioNetHdr::decode(&bufs[0][..VIRTIO_NET_HDR_LEN]).unwrap();
+    assert_eq!((hdr.flags, hdr.gso_type, hdr.gso_size as usize), (1, 4, mss), "NEEDS_CSUM, TCPV6");
+    assert_eq!((hdr.hdr_len, hdr.csum_start, hdr.csum_offset), (60, 40, 16));
+    let mut p = bufs[0][VIRTIO_NET_HDR_LEN..].to_vec();
+    assert_eq!(p.len(), 60 + 3 * mss);
+    assert_eq!(u16::from_be_bytes([p[4], p[5]]) as usize, 20 + 3 * mss, "IPv6 payload length");
+    assert_eq!(p[53], 0x18, "PSH carried to the super-packet");
+    assert_eq!(&p[60..], &body[..3 * mss]);
+    complete_tcp_checksum(&mut p, 40);
+    let sum = add(&p[8..40]) + 6 + (20 + 3 * mss) as u32 + add(&p[40..]);
+    assert_eq!(fold(sum), 0, "the partial sum completes to a valid checksum");
+    // Packets going out alone are marked DATA_VALID (authenticated, as the kernel marks them).
+    for i in [3, 4] {
+        let h = VirtioNetHdr::decode(&bufs[i][..VIRTIO_NET_HDR_LEN]).unwrap();
+        assert_eq!((h.flags, h.gso_type), (2, 0));
+    }
+    assert_eq!(&bufs[3][VIRTIO_NET_HDR_LEN..], &s3[..], "a lone packet is unchanged");
+}
+
+#[test]
+fn ipv4_lengths_and_header_checksum_after_merging() {
+    let mss = 1200;
+    let p = vec![9u8; mss];
+    let a = segment(5, 1, &p, 0x10);
+    // The last, shorter segment ends the run.
+    let b = segment(5 + mss as u32, 2, &p[..700], 0x10);
+    let c = segment(5 + mss as u32 + 700, 3, &p, 0x10);
+    let mut bufs: Vec<Vec<u8>> = [&a, &b, &c].iter().map(|s| with_headroom(s)).collect();
+    let mut to_write = Vec::new();
+    coalesce(&mut bufs, &mut to_write);
+    assert_eq!(to_write, vec![0, 2]);
+    let mut q = bufs[0][VIRTIO_NET_HDR_LEN..].to_vec();
+    assert_eq!(q.len(), 40 + mss + 700);
+    assert_eq!(u16::from_be_bytes([q[2], q[3]]) as usize, q.len());
+    assert!(ip_checksum_ok(&q));
+    complete_tcp_checksum(&mut q, 20);
+    assert!(tcp_checksum_ok(&q));
 }

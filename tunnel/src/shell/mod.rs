@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod bind;
+pub mod gro;
 pub mod ipc;
 
 use crate::device::{Clock, Device};
@@ -24,12 +25,11 @@ use tun_rs::SyncDevice;
 const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 /// Headroom before each TUN packet: the virtio-net header the offloads need.
 const TUN_OFFSET: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+const _: () = assert!(TUN_OFFSET == gro::HDR);
 /// A GSO send carries at most this many bytes of UDP payload.
 const GSO_MAX_BYTES: usize = 65000;
 /// Datagrams per receive call (quinn-udp's recvmmsg batch).
 const UDP_BATCH: usize = if quinn_udp::BATCH_SIZE < BATCH { quinn_udp::BATCH_SIZE } else { BATCH };
-/// Packets per coalescing TUN write (see TunWriter).
-const GRO_CHUNK: usize = 64;
 /// Timers are checked at least this often; deadlines in between are honoured exactly.
 const TICK: Duration = Duration::from_millis(100);
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -529,17 +529,27 @@ fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, SocketAddr)], jo
 /// device has offloads; buffers and the GRO table are reused.
 #[derive(Default)]
 struct TunWriter {
-    gro: tun_rs::GROTable,
+    to_write: Vec<usize>,
 }
 
 impl TunWriter {
     fn write(&mut self, tun: &SyncDevice, batch: &mut Batch) {
-        // tun-rs's coalescing compares each packet with every pending segment of its flow:
-        // chunks bound that work, and one chunk still fills a 64 KiB write.
-        for packets in batch.tun_packets().chunks_mut(GRO_CHUNK) {
-            // A full TUN queue drops, as a NIC would.
-            if let Err(e) = tun.send_multiple(&mut self.gro, packets, TUN_OFFSET) {
-                tracing::debug!(error = %e, "TUN write failed");
+        let packets = batch.tun_packets();
+        // Without the virtio header (offloads refused) packets go out one by one, bare.
+        let skip = if tun.tcp_gso() {
+            gro::coalesce(packets, &mut self.to_write);
+            0
+        } else {
+            self.to_write.clear();
+            self.to_write.extend(0..packets.len());
+            TUN_OFFSET
+        };
+        for &i in &self.to_write {
+            let b = &packets[i][skip..];
+            // SAFETY: writes one buffer we own to our TUN descriptor. A full queue drops, as a NIC would.
+            let n = unsafe { libc::write(tun.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+            if n < 0 {
+                tracing::debug!(error = %io::Error::last_os_error(), "TUN write failed");
             }
         }
     }

@@ -1,0 +1,158 @@
+//! Receive coalescing for the TUN (virtio-net GRO, like the kernel's tcp_gro_receive): a run
+//! of consecutive, in-order TCP segments of one flow becomes one super-packet and one write.
+//! Works in place on the batch's buffers; allocates nothing per packet.
+
+/// The virtio-net header in front of every packet written to the TUN.
+pub const HDR: usize = 10;
+const F_NEEDS_CSUM: u8 = 1;
+/// Decrypted packets are authenticated: the kernel marks them CHECKSUM_UNNECESSARY too.
+const F_DATA_VALID: u8 = 2;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+/// The kernel's limit on segments per GSO packet.
+const MAX_SEGMENTS: usize = 64;
+
+/// The parts of a TCP segment coalescing looks at.
+struct Seg {
+    v6: bool,
+    iph: usize,
+    tcph: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+}
+
+fn parse(p: &[u8]) -> Option<Seg> {
+    let v6 = p.first()? >> 4 == 6;
+    let iph = if v6 { 40 } else { 20 };
+    let ip_ok = if v6 {
+        p.len() >= 40 && p[6] == 6 && usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 == p.len()
+    } else {
+        // No IP options, not a fragment, the length matches.
+        p.len() >= 20
+            && p[0] == 0x45
+            && p[9] == 6
+            && p[6] & 0x3f == 0
+            && p[7] == 0
+            && usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len()
+    };
+    if !ip_ok || p.len() < iph + 20 {
+        return None;
+    }
+    let tcph = usize::from(p[iph + 12] >> 4) * 4;
+    if tcph < 20 || p.len() < iph + tcph {
+        return None;
+    }
+    let seq = u32::from_be_bytes([p[iph + 4], p[iph + 5], p[iph + 6], p[iph + 7]]);
+    Some(Seg { v6, iph, tcph, payload: p.len() - iph - tcph, seq, flags: p[iph + 13] })
+}
+
+/// Same flow and same headers but for what segmentation changes (lengths, IDs, checksums,
+/// sequence numbers, PSH).
+fn same_flow(a: &[u8], b: &[u8], s: &Seg, t: &Seg) -> bool {
+    if s.v6 != t.v6 || s.tcph != t.tcph {
+        return false;
+    }
+    let ip_same = if s.v6 {
+        a[..4] == b[..4] && a[7..40] == b[7..40]
+    } else {
+        a[1] == b[1] && a[6] == b[6] && a[8..10] == b[8..10] && a[12..20] == b[12..20]
+    };
+    let (ta, tb) = (&a[s.iph..s.iph + s.tcph], &b[t.iph..t.iph + t.tcph]);
+    // Ports, acknowledgement, header length, window, options.
+    ip_same && ta[..4] == tb[..4] && ta[8..13] == tb[8..13] && ta[14..16] == tb[14..16] && ta[20..] == tb[20..]
+}
+
+fn sum16(bytes: &[u8], mut sum: u32) -> u32 {
+    for c in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Coalesces the packets in `pkts` (each behind `HDR` bytes of headroom, written here) and
+/// lists in `out` the buffers to write, in order. Other packets go out alone, unchanged.
+pub fn coalesce(pkts: &mut [Vec<u8>], out: &mut Vec<usize>) {
+    out.clear();
+    let mut i = 0;
+    while i < pkts.len() {
+        let (head, rest) = pkts.split_at_mut(i + 1);
+        let h = &mut head[i];
+        let mut merged = 0;
+        // (IP header length, TCP header length, IPv6, segment size) of a super-packet
+        let mut gso = None;
+        if let Some(s) = parse(h.get(HDR..).unwrap_or(&[])).filter(|s| s.payload > 0 && s.flags == ACK) {
+            let mut next_seq = s.seq.wrapping_add(s.payload as u32);
+            for p in rest.iter() {
+                let pkt = p.get(HDR..).unwrap_or(&[]);
+                let Some(t) = parse(pkt) else { break };
+                let fits = t.seq == next_seq
+                    && t.payload > 0
+                    && t.payload <= s.payload
+                    && (t.flags == ACK || t.flags == ACK | PSH)
+                    && h.len() - HDR + t.payload <= 65535
+                    && merged + 1 < MAX_SEGMENTS
+                    && same_flow(&h[HDR..], pkt, &s, &t);
+                if !fits {
+                    break;
+                }
+                h.extend_from_slice(&pkt[t.iph + t.tcph..]);
+                next_seq = next_seq.wrapping_add(t.payload as u32);
+                merged += 1;
+                // Nothing follows a short segment or a push.
+                if t.payload < s.payload || t.flags & PSH != 0 {
+                    h[HDR + s.iph + 13] |= t.flags & PSH;
+                    break;
+                }
+            }
+            if merged > 0 {
+                finish(h, &s);
+                gso = Some((s.iph, s.tcph, s.v6, s.payload));
+            }
+        }
+        let Some(hdr) = h.get_mut(..HDR) else {
+            i += 1;
+            continue;
+        };
+        hdr.fill(0);
+        match gso {
+            Some((iph, tcph, v6, size)) => {
+                hdr[0] = F_NEEDS_CSUM;
+                hdr[1] = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+                hdr[2..4].copy_from_slice(&((iph + tcph) as u16).to_le_bytes());
+                hdr[4..6].copy_from_slice(&(size as u16).to_le_bytes());
+                hdr[6..8].copy_from_slice(&(iph as u16).to_le_bytes());
+                hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+            }
+            None => hdr[0] = F_DATA_VALID,
+        }
+        out.push(i);
+        i += 1 + merged;
+    }
+}
+
+/// New lengths, the IPv4 header checksum, and the TCP pseudo-header sum the kernel completes.
+fn finish(h: &mut [u8], s: &Seg) {
+    let p = &mut h[HDR..];
+    let len = p.len();
+    if s.v6 {
+        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    } else {
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[10..12].fill(0);
+        let c = !fold(sum16(&p[..20], 0));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
+    let pseudo = fold(sum16(addrs, 6 + (len - s.iph) as u32));
+    p[s.iph + 16..s.iph + 18].copy_from_slice(&pseudo.to_be_bytes());
+}
