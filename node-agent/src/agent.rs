@@ -458,13 +458,16 @@ impl Agent {
                     .is_none_or(|t| now.duration_since(*t) >= KICK_EVERY)
             })
             .collect();
-        let p = plan(
-            &observed,
-            &desired,
-            &self.applied_endpoints,
-            &may_kick,
-            &self.applied_names,
-        );
+        let plan_with = |names: &BTreeMap<String, PublicKey>| {
+            plan(
+                &observed,
+                &desired,
+                &self.applied_endpoints,
+                &may_kick,
+                names,
+            )
+        };
+        let mut p = plan_with(&self.applied_names);
         let names = self
             .peers
             .iter()
@@ -491,18 +494,11 @@ impl Agent {
                 "configuring engine"
             );
         }
-        let mut p = p;
         match client.set(&p.render(&self.key)) {
             // not a wgmesh engine (say wireguard-go): no rotation extensions, plain replace
             Err(UapiError::Errno(-22)) if p.uses_extensions() => {
                 tracing::warn!("the engine refused the key-rotation extensions; replacing peers instead (one handshake each)");
-                p = plan(
-                    &observed,
-                    &desired,
-                    &self.applied_endpoints,
-                    &may_kick,
-                    &BTreeMap::new(),
-                );
+                p = plan_with(&BTreeMap::new());
                 p.keep_sessions = false;
                 client.set(&p.render(&self.key))?;
             }

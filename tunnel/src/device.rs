@@ -210,6 +210,18 @@ impl<R: RngCore + CryptoRng> Device<R> {
 
     /// Sets or clears (`None`) the static private key, with the kernel's side effects.
     pub fn set_private_key(&mut self, key: Option<PrivateKey>, now: Clock, out: &mut impl Output) {
+        self.replace_identity(key, false, now, out)
+    }
+
+    /// Deliberate key rotation (a wgmesh extension): like `set_private_key`, but sessions
+    /// made under the old key keep carrying data until the peer uses a new one (at most
+    /// REJECT_AFTER_TIME), so peers that learn the new public key a little later lose nothing.
+    pub fn rotate_private_key(&mut self, key: PrivateKey, now: Clock, out: &mut impl Output) {
+        let keep_sessions = self.identity.is_some();
+        self.replace_identity(Some(key), keep_sessions, now, out)
+    }
+
+    fn replace_identity(&mut self, key: Option<PrivateKey>, keep_sessions: bool, now: Clock, out: &mut impl Output) {
         if key.as_ref() == self.private_key() {
             return;
         }
@@ -226,39 +238,17 @@ impl<R: RngCore + CryptoRng> Device<R> {
         for id in self.peer_ids() {
             self.with_peer(id, |dev, peer| {
                 peer.handshake.precompute(dev.identity.as_ref());
-                // Old sessions are void; allow an immediate new handshake.
+                // Allow an immediate new handshake; old sessions are void unless rotating.
                 dev.clear_handshake(peer);
-                peer.keypairs.expire_sending();
+                if keep_sessions {
+                    peer.keypairs.mark_old_key();
+                } else {
+                    peer.keypairs.expire_sending();
+                }
                 peer.last_sent_handshake = None;
                 if send_staged {
                     dev.send_staged(peer, id, None, now, out);
                 }
-            });
-        }
-    }
-
-    /// Deliberate key rotation (a wgmesh extension): like `set_private_key`, but sessions
-    /// made under the old key keep carrying data until rekeyed (at most REJECT_AFTER_TIME),
-    /// so peers that learn the new public key a little later lose nothing.
-    pub fn rotate_private_key(&mut self, key: PrivateKey, now: Clock, out: &mut impl Output) {
-        if self.identity.is_none() {
-            return self.set_private_key(Some(key), now, out);
-        }
-        if Some(&key) == self.private_key() {
-            return;
-        }
-        let id = Identity::new(key);
-        if let Some(p) = self.by_key.get(&id.public).copied() {
-            self.remove_peer(p);
-        }
-        self.checker = Some(CookieChecker::new(&id.public));
-        self.identity = Some(id);
-        for id in self.peer_ids() {
-            self.with_peer(id, |dev, peer| {
-                peer.handshake.precompute(dev.identity.as_ref());
-                dev.clear_handshake(peer);
-                peer.last_sent_handshake = None;
-                peer.keypairs.mark_old_key();
             });
         }
     }

@@ -117,18 +117,16 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
         }
         let Some(peer) = req.peers.last_mut() else {
             match key {
-                "private_key" => {
+                "private_key" | "rotate_private_key" => {
                     let k = PrivateKey::from_hex(value).map_err(|_| invalid(key, value))?;
                     let zero = value.bytes().all(|b| b == b'0');
-                    req.private_key = Some((!zero).then_some(k));
-                }
-                "rotate_private_key" => {
-                    let k = PrivateKey::from_hex(value).map_err(|_| invalid(key, value))?;
-                    if value.bytes().all(|b| b == b'0') {
+                    let rotate = key == "rotate_private_key";
+                    // Clearing the key is no rotation.
+                    if rotate && zero {
                         return Err(invalid(key, value));
                     }
-                    req.private_key = Some(Some(k));
-                    req.keep_sessions = true;
+                    req.private_key = Some((!zero).then_some(k));
+                    req.keep_sessions = rotate;
                 }
                 "listen_port" => req.listen_port = Some(value.parse().map_err(|_| invalid(key, value))?),
                 "fwmark" => req.fwmark = Some(value.parse().map_err(|_| invalid(key, value))?),
