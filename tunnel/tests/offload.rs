@@ -3,7 +3,7 @@
 //! into exactly the segments it stands for, with valid checksums.
 
 use tun_rs::{gso_split, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
-use wgmesh_tunnel::shell::gro::coalesce;
+use wgmesh_tunnel::shell::gro::{coalesce, Write};
 
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
@@ -62,13 +62,18 @@ fn ip_checksum_ok(p: &[u8]) -> bool {
     fold(add(&p[..20])) == 0
 }
 
-/// A packet behind virtio-header room, in a buffer with the room to grow the engine's have
-/// (coalescing appends to the first buffer of a flow).
+/// A packet behind virtio-header room, as the engine delivers it.
 fn with_headroom(packet: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65536);
-    b.resize(VIRTIO_NET_HDR_LEN, 0);
-    b.extend_from_slice(packet);
-    b
+    [&[0u8; VIRTIO_NET_HDR_LEN][..], packet].concat()
+}
+
+/// The bytes one write hands the TUN (virtio header included), as writev gathers them.
+fn gather(bufs: &[Vec<u8>], w: &Write) -> Vec<u8> {
+    w.parts(bufs).collect::<Vec<_>>().concat()
+}
+
+fn firsts(writes: &[Write]) -> Vec<usize> {
+    writes.iter().map(|w| w.first).collect()
 }
 
 #[test]
@@ -84,14 +89,15 @@ fn one_flow_coalesces_then_splits_back() {
     let mut bufs: Vec<Vec<u8>> = segs.iter().map(|s| with_headroom(s)).collect();
     let mut to_write = Vec::new();
     coalesce(&mut bufs, &mut to_write);
-    assert_eq!(to_write, vec![0], "ten segments of one flow become one write");
-    let hdr = VirtioNetHdr::decode(&bufs[0][..VIRTIO_NET_HDR_LEN]).unwrap();
+    assert_eq!(to_write, vec![Write { first: 0, count: 10, skip: VIRTIO_NET_HDR_LEN + 40 }], "ten segments of one flow become one write");
+    let written = gather(&bufs, &to_write[0]);
+    let hdr = VirtioNetHdr::decode(&written[..VIRTIO_NET_HDR_LEN]).unwrap();
     assert_eq!((hdr.gso_type, hdr.gso_size as usize), (VIRTIO_NET_HDR_GSO_TCPV4, mss));
-    assert_eq!(bufs[0].len(), VIRTIO_NET_HDR_LEN + 40 + 10 * mss);
-    assert_eq!(&bufs[0][VIRTIO_NET_HDR_LEN + 40..], &payload[..]);
+    assert_eq!(written.len(), VIRTIO_NET_HDR_LEN + 40 + 10 * mss);
+    assert_eq!(&written[VIRTIO_NET_HDR_LEN + 40..], &payload[..]);
 
     // And back: the super-packet splits into the ten original segments.
-    let mut input = bufs[0][VIRTIO_NET_HDR_LEN..].to_vec();
+    let mut input = written[VIRTIO_NET_HDR_LEN..].to_vec();
     let mut out = vec![vec![0u8; 2048]; 16];
     let mut sizes = vec![0usize; 16];
     let n = gso_split(&mut input, hdr, &mut out, &mut sizes, 0, false).unwrap();
@@ -118,8 +124,9 @@ fn different_flows_and_a_sequence_gap_are_not_merged() {
     let mut bufs: Vec<Vec<u8>> = [a0, a1, a3, syn].iter().map(|s| with_headroom(s)).collect();
     let mut to_write = Vec::new();
     coalesce(&mut bufs, &mut to_write);
-    assert_eq!(to_write, vec![0, 2, 3]);
-    assert_eq!(bufs[0].len(), VIRTIO_NET_HDR_LEN + 40 + 2 * mss);
+    assert_eq!(firsts(&to_write), vec![0, 2, 3]);
+    assert_eq!(gather(&bufs, &to_write[0]).len(), VIRTIO_NET_HDR_LEN + 40 + 2 * mss);
+    assert_eq!(gather(&bufs, &to_write[2]), bufs[3], "a lone packet is written whole");
 }
 
 /// Completes a NEEDS_CSUM checksum as the kernel would: the field holds the pseudo-header sum.
@@ -165,11 +172,12 @@ fn ipv6_push_ends_a_run_and_the_kernel_can_complete_the_checksum() {
     let mut bufs: Vec<Vec<u8>> = [&s0, &s1, &s2, &s3, &s4].iter().map(|s| with_headroom(s)).collect();
     let mut to_write = Vec::new();
     coalesce(&mut bufs, &mut to_write);
-    assert_eq!(to_write, vec![0, 3, 4]);
-    let hdr = VirtioNetHdr::decode(&bufs[0][..VIRTIO_NET_HDR_LEN]).unwrap();
+    assert_eq!(firsts(&to_write), vec![0, 3, 4]);
+    let written = gather(&bufs, &to_write[0]);
+    let hdr = VirtioNetHdr::decode(&written[..VIRTIO_NET_HDR_LEN]).unwrap();
     assert_eq!((hdr.flags, hdr.gso_type, hdr.gso_size as usize), (1, 4, mss), "NEEDS_CSUM, TCPV6");
     assert_eq!((hdr.hdr_len, hdr.csum_start, hdr.csum_offset), (60, 40, 16));
-    let mut p = bufs[0][VIRTIO_NET_HDR_LEN..].to_vec();
+    let mut p = written[VIRTIO_NET_HDR_LEN..].to_vec();
     assert_eq!(p.len(), 60 + 3 * mss);
     assert_eq!(u16::from_be_bytes([p[4], p[5]]) as usize, 20 + 3 * mss, "IPv6 payload length");
     assert_eq!(p[53], 0x18, "PSH carried to the super-packet");
@@ -196,8 +204,8 @@ fn ipv4_lengths_and_header_checksum_after_merging() {
     let mut bufs: Vec<Vec<u8>> = [&a, &b, &c].iter().map(|s| with_headroom(s)).collect();
     let mut to_write = Vec::new();
     coalesce(&mut bufs, &mut to_write);
-    assert_eq!(to_write, vec![0, 2]);
-    let mut q = bufs[0][VIRTIO_NET_HDR_LEN..].to_vec();
+    assert_eq!(firsts(&to_write), vec![0, 2]);
+    let mut q = gather(&bufs, &to_write[0])[VIRTIO_NET_HDR_LEN..].to_vec();
     assert_eq!(q.len(), 40 + mss + 700);
     assert_eq!(u16::from_be_bytes([q[2], q[3]]) as usize, q.len());
     assert!(ip_checksum_ok(&q));

@@ -24,21 +24,26 @@ fuzz_target!(|data: &[u8]| {
     let mut total_in = 0;
     while let Some((&n, tail)) = rest.split_first() {
         let n = (n as usize * 8).min(tail.len());
-        let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65536);
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(&tail[..n]);
+        let b = [&[0u8; VIRTIO_NET_HDR_LEN][..], &tail[..n]].concat();
         total_in += n;
         bufs.push(b);
         rest = &tail[n..];
     }
     let mut to_write = Vec::new();
     coalesce(&mut bufs, &mut to_write);
-    let out: usize = to_write.iter().map(|&i| bufs[i].len() - VIRTIO_NET_HDR_LEN).sum();
+    let writes: Vec<Vec<u8>> = to_write.iter().map(|w| w.parts(&bufs).collect::<Vec<_>>().concat()).collect();
+    let out: usize = writes.iter().map(|w| w.len() - VIRTIO_NET_HDR_LEN).sum();
     assert!(out <= total_in, "coalescing wrote {out} bytes from {total_in}");
-    for &i in &to_write {
-        let hdr = VirtioNetHdr::decode(&bufs[i][..VIRTIO_NET_HDR_LEN]).expect("header");
+    // Every packet is written once, in order.
+    let mut next = 0;
+    for w in &to_write {
+        assert_eq!(w.first, next, "writes cover the batch in order");
+        next += w.count;
+    }
+    for w in &writes {
+        let hdr = VirtioNetHdr::decode(&w[..VIRTIO_NET_HDR_LEN]).expect("header");
         if hdr.gso_type != 0 {
-            let mut input = bufs[i][VIRTIO_NET_HDR_LEN..].to_vec();
+            let mut input = w[VIRTIO_NET_HDR_LEN..].to_vec();
             let is_v6 = input[0] >> 4 == 6;
             let mut out = vec![vec![0u8; 65536]; 64];
             let mut sizes = vec![0usize; 64];

@@ -1,6 +1,7 @@
 //! Receive coalescing for the TUN (virtio-net GRO, like the kernel's tcp_gro_receive): a run
 //! of consecutive, in-order TCP segments of one flow becomes one super-packet and one write.
-//! Works in place on the batch's buffers; allocates nothing per packet.
+//! Rewrites only the first packet's headers; the payloads are written from where they were
+//! decrypted (writev), so nothing is copied or allocated per packet.
 
 /// The virtio-net header in front of every packet written to the TUN.
 pub const HDR: usize = 10;
@@ -12,7 +13,7 @@ const GSO_TCPV6: u8 = 4;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
 /// The kernel's limit on segments per GSO packet.
-const MAX_SEGMENTS: usize = 64;
+pub const MAX_SEGMENTS: usize = 64;
 
 /// The parts of a TCP segment coalescing looks at.
 struct Seg {
@@ -79,33 +80,57 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// One TUN write: packet `first` whole (virtio header room included), then the payloads of
+/// the `count - 1` packets after it, from byte `skip` on (one writev, nothing copied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub first: usize,
+    pub count: usize,
+    pub skip: usize,
+}
+
+impl Write {
+    /// The byte slices this write is made of, in order.
+    pub fn parts<'a, P: AsRef<[u8]>>(&self, pkts: &'a [P]) -> impl Iterator<Item = &'a [u8]> {
+        let (first, skip) = (self.first, self.skip);
+        pkts[first..first + self.count]
+            .iter()
+            .enumerate()
+            .map(move |(k, p)| if k == 0 { p.as_ref() } else { p.as_ref().get(skip..).unwrap_or(&[]) })
+    }
+}
+
 /// Coalesces the packets in `pkts` (each behind `HDR` bytes of headroom, written here) and
-/// lists in `out` the buffers to write, in order. Other packets go out alone, unchanged.
-pub fn coalesce(pkts: &mut [Vec<u8>], out: &mut Vec<usize>) {
+/// lists in `out` the writes to make, in order. Only headers change: the merged packets'
+/// payloads stay where they are. Other packets go out alone, unchanged.
+pub fn coalesce<P: AsMut<[u8]>>(pkts: &mut [P], out: &mut Vec<Write>) {
     out.clear();
     let mut i = 0;
     while i < pkts.len() {
         let (head, rest) = pkts.split_at_mut(i + 1);
-        let h = &mut head[i];
+        let h = head[i].as_mut();
         let mut merged = 0;
+        let mut skip = 0;
         // (IP header length, TCP header length, IPv6, segment size) of a super-packet
         let mut gso = None;
         if let Some(s) = parse(h.get(HDR..).unwrap_or(&[])).filter(|s| s.payload > 0 && s.flags == ACK) {
             let mut next_seq = s.seq.wrapping_add(s.payload as u32);
-            for p in rest.iter() {
-                let pkt = p.get(HDR..).unwrap_or(&[]);
+            let mut len = h.len() - HDR;
+            skip = HDR + s.iph + s.tcph;
+            for p in rest.iter_mut() {
+                let pkt = p.as_mut().get(HDR..).unwrap_or(&[]);
                 let Some(t) = parse(pkt) else { break };
                 let fits = t.seq == next_seq
                     && t.payload > 0
                     && t.payload <= s.payload
                     && (t.flags == ACK || t.flags == ACK | PSH)
-                    && h.len() - HDR + t.payload <= 65535
+                    && len + t.payload <= 65535
                     && merged + 1 < MAX_SEGMENTS
                     && same_flow(&h[HDR..], pkt, &s, &t);
                 if !fits {
                     break;
                 }
-                h.extend_from_slice(&pkt[t.iph + t.tcph..]);
+                len += t.payload;
                 next_seq = next_seq.wrapping_add(t.payload as u32);
                 merged += 1;
                 // Nothing follows a short segment or a push.
@@ -115,35 +140,32 @@ pub fn coalesce(pkts: &mut [Vec<u8>], out: &mut Vec<usize>) {
                 }
             }
             if merged > 0 {
-                finish(h, &s);
+                finish(&mut h[HDR..], &s, len);
                 gso = Some((s.iph, s.tcph, s.v6, s.payload));
             }
         }
-        let Some(hdr) = h.get_mut(..HDR) else {
-            i += 1;
-            continue;
-        };
-        hdr.fill(0);
-        match gso {
-            Some((iph, tcph, v6, size)) => {
-                hdr[0] = F_NEEDS_CSUM;
-                hdr[1] = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-                hdr[2..4].copy_from_slice(&((iph + tcph) as u16).to_le_bytes());
-                hdr[4..6].copy_from_slice(&(size as u16).to_le_bytes());
-                hdr[6..8].copy_from_slice(&(iph as u16).to_le_bytes());
-                hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        if let Some(hdr) = h.get_mut(..HDR) {
+            hdr.fill(0);
+            match gso {
+                Some((iph, tcph, v6, size)) => {
+                    hdr[0] = F_NEEDS_CSUM;
+                    hdr[1] = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+                    hdr[2..4].copy_from_slice(&((iph + tcph) as u16).to_le_bytes());
+                    hdr[4..6].copy_from_slice(&(size as u16).to_le_bytes());
+                    hdr[6..8].copy_from_slice(&(iph as u16).to_le_bytes());
+                    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+                }
+                None => hdr[0] = F_DATA_VALID,
             }
-            None => hdr[0] = F_DATA_VALID,
+            out.push(Write { first: i, count: 1 + merged, skip });
         }
-        out.push(i);
         i += 1 + merged;
     }
 }
 
-/// New lengths, the IPv4 header checksum, and the TCP pseudo-header sum the kernel completes.
-fn finish(h: &mut [u8], s: &Seg) {
-    let p = &mut h[HDR..];
-    let len = p.len();
+/// New lengths, the IPv4 header checksum, and the TCP pseudo-header sum the kernel completes,
+/// in the first packet `p` of a super-packet of `len` bytes.
+fn finish(p: &mut [u8], s: &Seg, len: usize) {
     if s.v6 {
         p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
     } else {

@@ -189,7 +189,7 @@ impl Engine {
             return;
         }
         batch.seal_pending();
-        out.write(&self.tun, batch);
+        out.write(&self.tun, batch.tun_packets());
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(bind) = bind {
             let segs = bind.v4.as_ref().map_or(1, |s| s.max_gso_segments()).max(1);
@@ -260,6 +260,8 @@ impl Engine {
         let mut learned: Vec<(SocketAddr, IpAddr)> = Vec::with_capacity(BATCH);
         let mut jobs: Vec<Option<Result<crate::device::OpenJob, crate::device::Outcome>>> =
             Vec::with_capacity(BATCH * 64);
+        // (buffer, start, end) of each packet delivered in place, virtio header room included.
+        let mut places: Vec<(usize, usize, usize)> = Vec::with_capacity(BATCH * 64);
         while !self.stopped() {
             let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
@@ -315,12 +317,20 @@ impl Engine {
                 }
             }
             open_all(&mut bufs, &segs, &mut jobs);
+            places.clear();
             let mut st = self.lock();
             for (&(i, o, len, from), job) in segs.iter().zip(&jobs) {
                 let d = &mut bufs[i][o..o + len];
                 let outcome = match job {
                     None => st.dev.handle_udp(from, d, clock, &mut batch),
-                    Some(Ok(j)) => st.dev.finish_data(from, j, d, clock, &mut batch),
+                    Some(Ok(j)) => {
+                        let mut sink = InPlace::new(&mut batch, d);
+                        let outcome = st.dev.finish_data(from, j, d, clock, &mut sink);
+                        if let Some((at, n)) = sink.at {
+                            places.push((i, o + at - TUN_OFFSET, o + at + n));
+                        }
+                        outcome
+                    }
                     Some(Err(o)) => *o,
                 };
                 if let Some(local) = meta[i].dst_ip.filter(|_| outcome.authenticated()) {
@@ -333,7 +343,13 @@ impl Engine {
             for &(from, local) in &learned {
                 self.learn_source(from, local);
             }
-            let written = batch.delivers().count();
+            let written = places.len() + batch.delivers().count();
+            // Decrypted packets go to the TUN from where they were opened, behind the room
+            // their data header leaves for the virtio header.
+            let mut pkts = Vec::with_capacity(places.len());
+            carve(&mut bufs, places.iter().copied(), |p| pkts.push(p));
+            out.write(&self.tun, &mut pkts);
+            drop(pkts);
             self.flush(&mut batch, &mut out);
             if (1..=INLINE_TUN_READ_MAX).contains(&written) {
                 if let Ok(mut r) = self.tun_reader.try_lock() {
@@ -500,22 +516,12 @@ fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, SocketAddr)], jo
             }
         }
     };
-    // Segments are in buffer order and never overlap: carve them out as disjoint slices.
     let mut slices: Vec<&mut [u8]> = Vec::with_capacity(segs.len());
-    let mut iter = bufs.iter_mut().enumerate();
-    let mut current: Option<(usize, &mut [u8], usize)> = None;
-    for &(i, o, len, _) in segs {
-        while current.as_ref().is_none_or(|c| c.0 != i) {
-            let Some((bi, b)) = iter.next() else { return };
-            current = Some((bi, &mut b[..], 0));
-        }
-        let Some((bi, buf, at)) = current.take() else {
-            return;
-        };
-        let (_, tail) = buf.split_at_mut(o - at);
-        let (seg, tail) = tail.split_at_mut(len);
-        slices.push(seg);
-        current = Some((bi, tail, o + len));
+    carve(bufs, segs.iter().map(|&(i, o, len, _)| (i, o, o + len)), |s| slices.push(s));
+    if slices.len() != jobs.len() {
+        // Cannot happen with a well-formed list; never let an unopened message count as opened.
+        jobs.iter_mut().for_each(|j| *j = Some(Err(crate::device::Outcome::Dropped(crate::device::Drop::InvalidAuthentication))));
+        return;
     }
     if bytes >= batch::PARALLEL_MIN_BYTES && batch::parallel_crypto() {
         use rayon::prelude::*;
@@ -525,30 +531,93 @@ fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, SocketAddr)], jo
     }
 }
 
-/// Writes decrypted packets to the TUN, coalescing TCP/UDP segments of a flow (GRO) when the
-/// device has offloads; buffers and the GRO table are reused.
+/// Hands out the `(buffer, start, end)` ranges of `bufs` as disjoint mutable slices; the
+/// ranges must come in buffer order and not overlap (a bad one ends the walk).
+fn carve<'a>(bufs: &'a mut [Vec<u8>], ranges: impl Iterator<Item = (usize, usize, usize)>, mut f: impl FnMut(&'a mut [u8])) {
+    let mut iter = bufs.iter_mut().enumerate();
+    // (buffer index, what is left of it, where that rest starts)
+    let mut current: Option<(usize, &'a mut [u8], usize)> = None;
+    for (i, start, end) in ranges {
+        while current.as_ref().is_none_or(|c| c.0 != i) {
+            let Some((bi, b)) = iter.next() else { return };
+            current = Some((bi, &mut b[..], 0));
+        }
+        let Some((bi, buf, at)) = current.take() else { return };
+        if start < at || end < start || end - at > buf.len() {
+            return;
+        }
+        let (_, tail) = buf.split_at_mut(start - at);
+        let (piece, tail) = tail.split_at_mut(end - start);
+        f(piece);
+        current = Some((bi, tail, end));
+    }
+}
+
+/// The output `finish_data` writes into: a delivered packet that lies inside its datagram
+/// (where it was opened) is only located, everything else goes to the batch.
+struct InPlace<'a> {
+    batch: &'a mut Batch,
+    /// Address and length of the datagram.
+    datagram: (usize, usize),
+    /// Offset and length of the packet delivered in place.
+    at: Option<(usize, usize)>,
+}
+
+impl<'a> InPlace<'a> {
+    fn new(batch: &'a mut Batch, datagram: &[u8]) -> Self {
+        Self { batch, datagram: (datagram.as_ptr() as usize, datagram.len()), at: None }
+    }
+}
+
+impl crate::device::Output for InPlace<'_> {
+    fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.batch.send(to, datagram);
+    }
+    fn send_data(&mut self, to: SocketAddr, job: crate::device::SealJob<'_>) {
+        self.batch.send_data(to, job);
+    }
+    fn deliver(&mut self, packet: &[u8]) {
+        let (base, len) = self.datagram;
+        let at = (packet.as_ptr() as usize).wrapping_sub(base);
+        // Room for the virtio header in front is what lets it be written from there.
+        if self.at.is_none() && at >= TUN_OFFSET && at <= len && packet.len() <= len - at {
+            self.at = Some((at, packet.len()));
+        } else {
+            self.batch.deliver(packet);
+        }
+    }
+}
+
+/// Writes decrypted packets to the TUN, coalescing TCP segments of a flow (GRO) when the
+/// device has offloads; the list of writes is reused.
 #[derive(Default)]
 struct TunWriter {
-    to_write: Vec<usize>,
+    writes: Vec<gro::Write>,
 }
 
 impl TunWriter {
-    fn write(&mut self, tun: &SyncDevice, batch: &mut Batch) {
-        let packets = batch.tun_packets();
+    /// Writes `packets`, each behind `TUN_OFFSET` bytes of room for the virtio header.
+    fn write<P: AsMut<[u8]> + AsRef<[u8]>>(&mut self, tun: &SyncDevice, packets: &mut [P]) {
         // Without the virtio header (offloads refused) packets go out one by one, bare.
-        let skip = if tun.tcp_gso() {
-            gro::coalesce(packets, &mut self.to_write);
-            0
+        let bare = !tun.tcp_gso();
+        if bare {
+            self.writes.clear();
+            self.writes.extend((0..packets.len()).map(|first| gro::Write { first, count: 1, skip: 0 }));
         } else {
-            self.to_write.clear();
-            self.to_write.extend(0..packets.len());
-            TUN_OFFSET
-        };
-        for &i in &self.to_write {
-            let b = &packets[i][skip..];
-            // SAFETY: writes one buffer we own to our TUN descriptor. A full queue drops, as a NIC would.
-            let n = unsafe { libc::write(tun.as_raw_fd(), b.as_ptr().cast(), b.len()) };
-            if n < 0 {
+            gro::coalesce(packets, &mut self.writes);
+        }
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; gro::MAX_SEGMENTS];
+        for w in &self.writes {
+            let mut n = 0;
+            for (k, part) in w.parts(packets).enumerate().take(iov.len()) {
+                let part = if bare && k == 0 { part.get(TUN_OFFSET..).unwrap_or(&[]) } else { part };
+                iov[k] = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+                n = k + 1;
+            }
+            // SAFETY: the iovecs point into `packets`, borrowed for the call; writev only reads.
+            // A full queue drops, as a NIC would.
+            let r = unsafe { libc::writev(tun.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+            if r < 0 {
                 tracing::debug!(error = %io::Error::last_os_error(), "TUN write failed");
             }
         }
@@ -581,5 +650,39 @@ fn link_flags(name: &str) -> Option<u32> {
         let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
         libc::close(fd);
         (r == 0).then_some(req.ifr_ifru.ifru_flags as u16 as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Output;
+
+    #[test]
+    fn carve_hands_out_the_ranges_and_stops_at_a_bad_one() {
+        let mut bufs = vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]];
+        let mut got = Vec::new();
+        carve(&mut bufs, [(0, 2, 4), (0, 4, 10), (2, 0, 3)].into_iter(), |s| got.push(s.to_vec()));
+        assert_eq!(got, vec![vec![0; 2], vec![0; 6], vec![2; 3]]);
+        for bad in [[(0, 5, 6), (0, 4, 6)], [(0, 0, 1), (1, 3, 11)], [(0, 0, 1), (0, 3, 2)]] {
+            let mut n = 0;
+            carve(&mut bufs, bad.into_iter(), |_| n += 1);
+            assert_eq!(n, 1, "overlapping, too long or reversed: {bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_packet_inside_its_datagram_is_located_anything_else_copied() {
+        let datagram = vec![7u8; 100];
+        let mut batch = Batch::default();
+        let mut sink = InPlace::new(&mut batch, &datagram);
+        sink.deliver(&datagram[16..80]);
+        assert_eq!(sink.at, Some((16, 64)));
+        // Without room for the virtio header in front, or from elsewhere: copied.
+        let mut sink = InPlace::new(&mut batch, &datagram);
+        sink.deliver(&datagram[4..20]);
+        sink.deliver(&[1, 2, 3]);
+        assert_eq!(sink.at, None);
+        assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&datagram[4..20], &[1u8, 2, 3][..]]);
     }
 }
