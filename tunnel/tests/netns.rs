@@ -46,6 +46,9 @@ fn full_check(a: Impl, b: Impl, outer6: bool, initiator: usize) {
     assert!(p.lab.ping(&p.ns[responder], peer_v6[responder], 2), "ping v6 back");
     tcp_transfer(&p, 0, "192.168.241.2", 4 << 20);
     tcp_transfer(&p, 1, "fd00::1", 4 << 20);
+    // After bulk sending the TUN thread hands TUN reading back to a UDP thread: both ways on.
+    assert!(p.lab.ping(&p.ns[0], peer_v4[0], 2), "ping after the transfers");
+    assert!(p.lab.ping(&p.ns[1], peer_v4[1], 2), "ping back after the transfers");
     // Both sides report a handshake, as Unix time.
     for i in 0..2 {
         let out = p.lab.exec_ok(&p.ns[i], &["wg", "show", &p.iface[i], "latest-handshakes"]);

@@ -77,12 +77,20 @@ impl Default for TunReader {
 /// A receive round that wrote at most this many packets to the TUN also reads the TUN once:
 /// a reply the kernel queued during that write leaves without waking the TUN thread.
 const INLINE_TUN_READ_MAX: usize = 4;
+/// A TUN read round of at least this many bytes is bulk sending: the TUN thread takes over.
+const BULK_READ: usize = 32 * 1024;
+/// The TUN thread hands TUN reading back to the UDP thread after this long without bulk.
+const BULK_LINGER: Duration = Duration::from_millis(20);
 
 pub struct Engine {
     pub name: String,
     pub socket_path: PathBuf,
     state: Mutex<State>,
     tun_reader: Mutex<TunReader>,
+    /// Who waits on the TUN: under bulk sending its own thread; otherwise the UDP receive
+    /// thread, between receives, so a request and its reply wake one thread, not two.
+    tun_bulk: AtomicBool,
+    tun_thread: std::sync::OnceLock<std::thread::Thread>,
     /// Sticky source: the local address each authenticated remote last wrote to, used as the
     /// source of what we send it (the kernel's endpoint src cache), so multi-homed nodes reply
     /// from the address the peer knows.
@@ -149,6 +157,8 @@ impl Engine {
             socket_path,
             state: Mutex::new(State { dev: Device::default(), listen_port: 0, fwmark: 0 }),
             tun_reader: Mutex::new(TunReader::default()),
+            tun_bulk: AtomicBool::new(false),
+            tun_thread: std::sync::OnceLock::new(),
             sticky: RwLock::new(HashMap::new()),
             bind: RwLock::new(None),
             tun,
@@ -163,7 +173,9 @@ impl Engine {
         let e = self.clone();
         threads.push(std::thread::spawn(move || ipc::serve(e, listener)));
         let e = self.clone();
-        threads.push(std::thread::spawn(move || e.tun_loop()));
+        let tun = std::thread::spawn(move || e.tun_loop());
+        let _ = self.tun_thread.set(tun.thread().clone());
+        threads.push(tun);
         for v6 in [false, true] {
             let e = self.clone();
             threads.push(std::thread::spawn(move || e.udp_loop(v6)));
@@ -215,15 +227,49 @@ impl Engine {
 
     fn tun_loop(&self) {
         let fd = self.tun.as_raw_fd();
+        let mut last_bulk = std::time::Instant::now();
+        let mut parked = false;
         while !self.stopped() {
-            if wait_readable(fd, TICK) {
-                self.read_tun(&mut self.tun_reader.lock().unwrap_or_else(|e| e.into_inner()));
+            let bound = self.bind.read().unwrap_or_else(|e| e.into_inner()).is_some();
+            if self.tun_bulk.load(Ordering::Acquire) {
+                if parked {
+                    last_bulk = std::time::Instant::now();
+                }
+            } else if bound && last_bulk.elapsed() > BULK_LINGER + bind::RECV_TIMEOUT {
+                // A UDP thread waits on the TUN (it has seen the hand-back by now: its waits
+                // end within RECV_TIMEOUT); this one is woken when bulk sending starts.
+                parked = true;
+                std::thread::park_timeout(TICK);
+                continue;
+            }
+            parked = false;
+            let n = if wait_readable(fd, TICK) {
+                self.read_tun(&mut self.tun_reader.lock().unwrap_or_else(|e| e.into_inner()))
+            } else {
+                0
+            };
+            if n >= BULK_READ {
+                last_bulk = std::time::Instant::now();
+                self.tun_bulk.store(true, Ordering::Release);
+            } else if last_bulk.elapsed() > BULK_LINGER {
+                self.tun_bulk.store(false, Ordering::Release);
             }
         }
     }
 
-    /// Reads what the TUN holds (non-blocking), seals it and sends it.
-    fn read_tun(&self, r: &mut TunReader) {
+    /// Reads the TUN from a UDP thread, handing it to the TUN thread when it is bulk.
+    fn read_tun_inline(&self) {
+        if let Ok(mut r) = self.tun_reader.try_lock() {
+            if self.read_tun(&mut r) >= BULK_READ && !self.tun_bulk.swap(true, Ordering::AcqRel) {
+                if let Some(t) = self.tun_thread.get() {
+                    t.unpark();
+                }
+            }
+        }
+    }
+
+    /// Reads what the TUN holds (non-blocking), seals it and sends it; returns the bytes read.
+    fn read_tun(&self, r: &mut TunReader) -> usize {
         let TunReader { original, bufs, sizes, batch, out } = r;
         let mut n = 0;
         // Keep reading while a whole super-packet's worth of buffers is left.
@@ -238,7 +284,7 @@ impl Engine {
             }
         }
         if n == 0 {
-            return;
+            return 0;
         }
         let clock = now();
         let mut st = self.lock();
@@ -247,6 +293,7 @@ impl Engine {
         }
         drop(st);
         self.flush(batch, out);
+        sizes[..n].iter().sum()
     }
 
     fn udp_loop(&self, v6: bool) {
@@ -269,7 +316,15 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
-            if !wait_readable(sock.socket.as_raw_fd(), bind::RECV_TIMEOUT) {
+            // One UDP thread (IPv4's, when bound) also waits on the TUN unless it is bulk.
+            let reads_tun = (!v6 || bind.as_ref().is_some_and(|b| b.v4.is_none()))
+                && !self.tun_bulk.load(Ordering::Acquire);
+            let tun_fd = if reads_tun { Some(self.tun.as_raw_fd()) } else { None };
+            let (udp_ready, tun_ready) = wait_readable2(sock.socket.as_raw_fd(), tun_fd, bind::RECV_TIMEOUT);
+            if tun_ready {
+                self.read_tun_inline();
+            }
+            if !udp_ready {
                 continue;
             }
             let n = {
@@ -352,9 +407,7 @@ impl Engine {
             drop(pkts);
             self.flush(&mut batch, &mut out);
             if (1..=INLINE_TUN_READ_MAX).contains(&written) {
-                if let Ok(mut r) = self.tun_reader.try_lock() {
-                    self.read_tun(&mut r);
-                }
+                self.read_tun_inline();
             }
         }
     }
@@ -622,6 +675,17 @@ impl TunWriter {
             }
         }
     }
+}
+
+/// Waits until `a` or (when given) `b` is readable; says which are.
+fn wait_readable2(a: i32, b: Option<i32>, timeout: Duration) -> (bool, bool) {
+    let poll = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut p = [poll(a), poll(b.unwrap_or(-1))];
+    let n = if b.is_some() { 2 } else { 1 };
+    // SAFETY: pollfds we own, for the duration of the call.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), n, timeout.as_millis() as i32) };
+    let ready = |p: &libc::pollfd| r > 0 && p.revents & libc::POLLIN != 0;
+    (ready(&p[0]), ready(&p[1]))
 }
 
 fn wait_readable(fd: i32, timeout: Duration) -> bool {
