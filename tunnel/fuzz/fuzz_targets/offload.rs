@@ -1,22 +1,45 @@
 //! The TUN offload code on arbitrary packets (as wireguard-go fuzzes handleGRO): our coalescing
-//! of any batch of decrypted packets and tun-rs's GSO split of any super-packet never panic,
-//! coalescing never writes more payload than went in, and what it coalesces splits back.
+//! of any batch of decrypted packets and our GSO split of any TUN read never panic; the split
+//! agrees with tun-rs's wherever tun-rs accepts the read; coalescing never writes more
+//! payload than went in, and what it coalesces splits back.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tun_rs::{gso_split, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use wgmesh_tunnel::shell::gro::coalesce;
+use wgmesh_tunnel::shell::gso::split;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < VIRTIO_NET_HDR_LEN + 1 {
         return;
     }
     // GSO split: the first bytes are the virtio header the kernel would hand us.
-    if let Ok(hdr) = VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN]) {
+    let mut read = data.to_vec();
+    let (mut arena, mut segs) = (Vec::new(), Vec::new());
+    let ours = split(&mut read, &mut arena, &mut segs);
+    if let Ok(None) = ours {
+        let total: usize = segs.iter().map(|r| r.len()).sum();
+        assert!(segs.iter().all(|r| r.end <= arena.len()) && total == arena.len());
+    }
+    if let (Ok(None), Ok(mut hdr)) = (&ours, VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN])) {
         let mut input = data[VIRTIO_NET_HDR_LEN..].to_vec();
-        let mut out = vec![vec![0u8; 2048]; 64];
-        let mut sizes = vec![0usize; 64];
+        let longest = segs.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut out = vec![vec![0u8; longest]; segs.len()];
+        let mut sizes = vec![0usize; segs.len()];
         let is_v6 = input.first().is_some_and(|b| b >> 4 == 6);
-        let _ = gso_split(&mut input, hdr, &mut out, &mut sizes, 0, is_v6);
+        // tun-rs's split trusts hdr_len; give it the header length we parse.
+        {
+            let hl = {
+                let cs = usize::from(hdr.csum_start);
+                if hdr.gso_type & 0x7f == 5 { cs + 8 } else { cs + usize::from(input[cs + 12] >> 4) * 4 }
+            };
+            hdr.hdr_len = hl as u16;
+            if let Ok(n) = gso_split(&mut input, hdr, &mut out, &mut sizes, 0, is_v6) {
+                assert_eq!(n, segs.len(), "segment count");
+                for (i, r) in segs.iter().enumerate() {
+                    assert_eq!(&out[i][..sizes[i]], &arena[r.clone()], "segment {i}");
+                }
+            }
+        }
     }
     // GRO: the rest is a batch of packets, each prefixed by a one-byte length (×8).
     let mut bufs = Vec::new();
@@ -40,14 +63,13 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(w.first, next, "writes cover the batch in order");
         next += w.count;
     }
-    for w in &writes {
-        let hdr = VirtioNetHdr::decode(&w[..VIRTIO_NET_HDR_LEN]).expect("header");
-        if hdr.gso_type != 0 {
-            let mut input = w[VIRTIO_NET_HDR_LEN..].to_vec();
-            let is_v6 = input[0] >> 4 == 6;
-            let mut out = vec![vec![0u8; 65536]; 64];
-            let mut sizes = vec![0usize; 64];
-            assert!(gso_split(&mut input, hdr, &mut out, &mut sizes, 0, is_v6).is_ok(), "a coalesced packet must split");
+    // A super-packet we write is one the send path (the kernel's reads look the same) can split.
+    for (w, bytes) in to_write.iter().zip(&writes) {
+        if w.count > 1 {
+            let mut read = bytes.clone();
+            let got = split(&mut read, &mut arena, &mut segs);
+            assert_eq!(got, Ok(None), "a coalesced packet must split");
+            assert_eq!(segs.len(), w.count, "into as many segments as went in");
         }
     }
 });

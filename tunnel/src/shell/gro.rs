@@ -3,15 +3,17 @@
 //! Rewrites only the first packet's headers; the payloads are written from where they were
 //! decrypted (writev), so nothing is copied or allocated per packet.
 
+use super::gso::{fold, sum};
+
 /// The virtio-net header in front of every packet written to the TUN.
 pub const HDR: usize = 10;
-const F_NEEDS_CSUM: u8 = 1;
+pub(crate) const F_NEEDS_CSUM: u8 = 1;
 /// Decrypted packets are authenticated: the kernel marks them CHECKSUM_UNNECESSARY too.
 const F_DATA_VALID: u8 = 2;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
+pub(crate) const GSO_TCPV4: u8 = 1;
+pub(crate) const GSO_TCPV6: u8 = 4;
 const ACK: u8 = 0x10;
-const PSH: u8 = 0x08;
+pub(crate) const PSH: u8 = 0x08;
 /// The kernel's limit on segments per GSO packet.
 pub const MAX_SEGMENTS: usize = 64;
 
@@ -64,20 +66,6 @@ fn same_flow(a: &[u8], b: &[u8], s: &Seg, t: &Seg) -> bool {
     let (ta, tb) = (&a[s.iph..s.iph + s.tcph], &b[t.iph..t.iph + t.tcph]);
     // Ports, acknowledgement, header length, window, options.
     ip_same && ta[..4] == tb[..4] && ta[8..13] == tb[8..13] && ta[14..16] == tb[14..16] && ta[20..] == tb[20..]
-}
-
-fn sum16(bytes: &[u8], mut sum: u32) -> u32 {
-    for c in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// One TUN write: packet `first` whole (virtio header room included), then the payloads of
@@ -171,10 +159,10 @@ fn finish(p: &mut [u8], s: &Seg, len: usize) {
     } else {
         p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         p[10..12].fill(0);
-        let c = !fold(sum16(&p[..20], 0));
+        let c = !fold(u64::from(sum(&p[..20])));
         p[10..12].copy_from_slice(&c.to_be_bytes());
     }
     let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
-    let pseudo = fold(sum16(addrs, 6 + (len - s.iph) as u32));
+    let pseudo = fold(u64::from(sum(addrs)) + 6 + (len - s.iph) as u64);
     p[s.iph + 16..s.iph + 18].copy_from_slice(&pseudo.to_be_bytes());
 }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod bind;
 pub mod gro;
+pub mod gso;
 pub mod ipc;
 
 use crate::device::{Clock, Device};
@@ -54,20 +55,21 @@ struct State {
 /// The TUN read side: its buffers, and the token that keeps one reader at a time, so the
 /// packets of one read are numbered and sent before the next read starts (per-peer order).
 struct TunReader {
-    original: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
-    sizes: [usize; BATCH],
+    /// One read: the virtio header and a packet or a GSO super-packet of up to 64 KiB.
+    read: Vec<u8>,
+    /// The segments a super-packet was cut into, back to back.
+    arena: Vec<u8>,
+    segs: Vec<std::ops::Range<usize>>,
     batch: Batch,
     out: TunWriter,
 }
 
 impl Default for TunReader {
     fn default() -> Self {
-        // One read may be a 64 KiB GSO super-packet, split into MTU-sized segments.
         Self {
-            original: vec![0u8; TUN_OFFSET + 65536],
-            bufs: vec![vec![0u8; TUN_OFFSET + 65536]; BATCH],
-            sizes: [0; BATCH],
+            read: vec![0u8; TUN_OFFSET + 65536],
+            arena: Vec::with_capacity(2 * 65536),
+            segs: Vec::with_capacity(64),
             batch: Batch::default(),
             out: TunWriter::default(),
         }
@@ -270,30 +272,53 @@ impl Engine {
 
     /// Reads what the TUN holds (non-blocking), seals it and sends it; returns the bytes read.
     fn read_tun(&self, r: &mut TunReader) -> usize {
-        let TunReader { original, bufs, sizes, batch, out } = r;
-        let mut n = 0;
-        // Keep reading while a whole super-packet's worth of buffers is left.
-        while BATCH - n >= 64 {
-            match self.tun.recv_multiple(original, &mut bufs[n..], &mut sizes[n..], TUN_OFFSET) {
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
+        let TunReader { read, arena, segs, batch, out } = r;
+        // Without offloads there is no virtio header: read behind the same room.
+        let skip = if self.tun.tcp_gso() { 0 } else { TUN_OFFSET };
+        let (mut bytes, mut packets) = (0, 0);
+        // About two super-packets per round, then they are sealed and sent together.
+        while packets < BATCH {
+            let buf = &mut read[skip..];
+            // SAFETY: reads into a buffer we own, at most its length.
+            let n = unsafe { libc::read(self.tun.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::WouldBlock {
                     tracing::debug!(error = %e, "TUN read failed");
-                    break;
+                }
+                break;
+            }
+            let len = skip + n as usize;
+            let lone = if skip > 0 {
+                Some(TUN_OFFSET..len)
+            } else {
+                match gso::split(&mut read[..len], arena, segs) {
+                    Ok(lone) => lone,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TUN read dropped");
+                        continue;
+                    }
+                }
+            };
+            let clock = now();
+            let mut st = self.lock();
+            match lone {
+                Some(p) => {
+                    st.dev.handle_tun(&read[p], clock, batch);
+                    packets += 1;
+                }
+                None => {
+                    for s in segs.iter() {
+                        st.dev.handle_tun(&arena[s.clone()], clock, batch);
+                    }
+                    packets += segs.len();
                 }
             }
+            drop(st);
+            bytes += len - TUN_OFFSET;
         }
-        if n == 0 {
-            return 0;
-        }
-        let clock = now();
-        let mut st = self.lock();
-        for i in 0..n {
-            st.dev.handle_tun(&bufs[i][TUN_OFFSET..TUN_OFFSET + sizes[i]], clock, batch);
-        }
-        drop(st);
         self.flush(batch, out);
-        sizes[..n].iter().sum()
+        bytes
     }
 
     fn udp_loop(&self, v6: bool) {
