@@ -172,19 +172,31 @@ impl Engine {
     /// Runs the data path until the interface is deleted, the socket removed, or a signal.
     pub fn run(self: &Arc<Self>, listener: std::os::unix::net::UnixListener) {
         let mut threads = Vec::new();
-        let e = self.clone();
-        threads.push(std::thread::spawn(move || ipc::serve(e, listener)));
-        let e = self.clone();
-        let tun = std::thread::spawn(move || e.tun_loop());
-        let _ = self.tun_thread.set(tun.thread().clone());
-        threads.push(tun);
-        for v6 in [false, true] {
+        // Named, so `top -H` and bench/profile.py tell them apart.
+        let mut spawn = |name: &str, f: Box<dyn FnOnce(Arc<Engine>) + Send>| {
             let e = self.clone();
-            threads.push(std::thread::spawn(move || e.udp_loop(v6)));
+            match std::thread::Builder::new().name(name.into()).spawn(move || f(e)) {
+                Ok(t) => {
+                    if name == "tun" {
+                        let _ = self.tun_thread.set(t.thread().clone());
+                    }
+                    threads.push(t);
+                    true
+                }
+                Err(err) => {
+                    tracing::error!(thread = name, error = %err, "cannot start thread");
+                    false
+                }
+            }
+        };
+        let started = spawn("uapi", Box::new(move |e| ipc::serve(e, listener)))
+            && spawn("tun", Box::new(|e| e.tun_loop()))
+            && spawn("udp4", Box::new(|e| e.udp_loop(false)))
+            && spawn("udp6", Box::new(|e| e.udp_loop(true)))
+            && spawn("timers", Box::new(|e| e.timer_loop()));
+        if started {
+            self.monitor();
         }
-        let e = self.clone();
-        threads.push(std::thread::spawn(move || e.timer_loop()));
-        self.monitor();
         self.stop.store(true, Ordering::SeqCst);
         for t in threads {
             let _ = t.join();
