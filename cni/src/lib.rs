@@ -1,7 +1,7 @@
 //! wgmesh-cni: the chained CNI plugin that gives pods the mesh MTU and holds pod starts
 //! until the node-agent reports the tunnel up, plus its installer. See cni/README.md.
 
-pub mod atomic;
+pub use wgmesh_atomicfile as atomic;
 pub mod cli;
 pub mod config;
 pub mod error;

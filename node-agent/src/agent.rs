@@ -636,7 +636,7 @@ fn write_public_key_file(cfg: &AgentConfig, key: PublicKey) -> Result<(), AgentE
     let Some(p) = &cfg.public_key_file else {
         return Ok(());
     };
-    crate::atomic::write_atomic(p, format!("{key}\n").as_bytes(), 0o644).map_err(|source| {
+    crate::atomic::write(p, format!("{key}\n").as_bytes(), 0o644).map_err(|source| {
         AgentError::File {
             path: p.clone(),
             source,

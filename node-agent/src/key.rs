@@ -170,7 +170,7 @@ pub fn store(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
     }
     let mut text = key.to_base64();
     text.push('\n');
-    atomic::write_atomic(path, text.as_bytes(), 0o600).map_err(err)
+    atomic::write(path, text.as_bytes(), 0o600).map_err(err)
 }
 
 // a key file someone made group- or world-readable is repaired rather than refused

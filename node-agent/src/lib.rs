@@ -3,7 +3,7 @@
 //! plugin. Pure functions (`plan`, `routes`, `mesh_input`) decide; thin modules do the I/O.
 
 pub mod agent;
-pub mod atomic;
+pub use wgmesh_atomicfile as atomic;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

@@ -31,7 +31,7 @@ impl Readiness {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 atomic::create_dir_all(dir, 0o755)?;
             }
-            atomic::write_atomic(
+            atomic::write(
                 &self.path,
                 format!("{}\n", std::process::id()).as_bytes(),
                 0o644,
