@@ -12,6 +12,8 @@ const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 const TCP_FIN: u8 = 0x01;
 const TCP_CWR: u8 = 0x80;
+/// A 64 KiB super-packet at the smallest TCP MSS (88) is 745 segments.
+const MAX_SEGMENTS: usize = 1024;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
@@ -155,6 +157,10 @@ pub fn split(read: &mut [u8], arena: &mut Vec<u8>, segs: &mut Vec<Range<usize>>)
     let addr_sum = u64::from(sum(addrs));
     let proto = if tcp { 6u64 } else { 17 };
     let count = payload.div_ceil(gso_size);
+    // The kernel never asks for this many (TCP's smallest MSS is 88); bounds the arena.
+    if count > MAX_SEGMENTS {
+        return Err(SplitError::Malformed("too many segments"));
+    }
     arena.reserve(count * hl + payload);
     for (i, chunk) in pkt[hl..].chunks(gso_size).enumerate() {
         let start = arena.len();
@@ -218,5 +224,13 @@ mod tests {
         read[6] = 20;
         read[8] = 16;
         assert!(matches!(split(&mut read, &mut arena, &mut segs), Err(SplitError::Malformed(_))));
+        // UDP GSO with 1-byte segments: refused, not 2,000 segments in the arena.
+        let mut read = vec![0u8; HDR + 28 + 2000];
+        read[..10].copy_from_slice(&[F_NEEDS_CSUM, GSO_UDP_L4, 28, 0, 1, 0, 20, 0, 6, 0]);
+        read[HDR] = 0x45;
+        assert_eq!(split(&mut read, &mut arena, &mut segs), Err(SplitError::Malformed("too many segments")));
+        read[4] = 100; // 20 segments of 100 bytes
+        assert_eq!(split(&mut read, &mut arena, &mut segs), Ok(None));
+        assert_eq!(segs.len(), 20);
     }
 }

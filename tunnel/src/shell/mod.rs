@@ -241,45 +241,49 @@ impl Engine {
 
     fn tun_loop(&self) {
         let fd = self.tun.as_raw_fd();
-        let mut last_bulk = std::time::Instant::now();
-        let mut parked = false;
+        let now = std::time::Instant::now;
+        let (mut last_bulk, mut handed_back, mut was_bulk) = (now(), now(), false);
         while !self.stopped() {
             let bound = self.bind.read().unwrap_or_else(|e| e.into_inner()).is_some();
-            if self.tun_bulk.load(Ordering::Acquire) {
-                if parked {
-                    last_bulk = std::time::Instant::now();
-                }
-            } else if bound && last_bulk.elapsed() > BULK_LINGER + bind::RECV_TIMEOUT {
-                // A UDP thread waits on the TUN (it has seen the hand-back by now: its waits
-                // end within RECV_TIMEOUT); this one is woken when bulk sending starts.
-                parked = true;
+            let bulk = self.tun_bulk.load(Ordering::Acquire);
+            if bulk && !was_bulk {
+                // A UDP thread saw bulk sending start.
+                last_bulk = now();
+            }
+            was_bulk = bulk;
+            // After a hand-back, keep watching until every UDP thread has ended the wait it
+            // began before the flag changed (waits last at most RECV_TIMEOUT).
+            if !bulk && bound && handed_back.elapsed() > bind::RECV_TIMEOUT {
                 std::thread::park_timeout(TICK);
                 continue;
             }
-            parked = false;
             let n = if wait_readable(fd, TICK) {
                 self.read_tun(&mut self.tun_reader.lock().unwrap_or_else(|e| e.into_inner()))
             } else {
                 0
             };
             if n >= BULK_READ {
-                last_bulk = std::time::Instant::now();
+                last_bulk = now();
                 self.tun_bulk.store(true, Ordering::Release);
-            } else if last_bulk.elapsed() > BULK_LINGER {
+                was_bulk = true;
+            } else if was_bulk && last_bulk.elapsed() > BULK_LINGER {
                 self.tun_bulk.store(false, Ordering::Release);
+                was_bulk = false;
+                handed_back = now();
             }
         }
     }
 
-    /// Reads the TUN from a UDP thread, handing it to the TUN thread when it is bulk.
-    fn read_tun_inline(&self) {
-        if let Ok(mut r) = self.tun_reader.try_lock() {
-            if self.read_tun(&mut r) >= BULK_READ && !self.tun_bulk.swap(true, Ordering::AcqRel) {
-                if let Some(t) = self.tun_thread.get() {
-                    t.unpark();
-                }
+    /// Reads the TUN from a UDP thread, handing it to the TUN thread when it is bulk; false
+    /// when another thread holds the TUN reader (it reads what is queued).
+    fn read_tun_inline(&self) -> bool {
+        let Ok(mut r) = self.tun_reader.try_lock() else { return false };
+        if self.read_tun(&mut r) >= BULK_READ && !self.tun_bulk.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.tun_thread.get() {
+                t.unpark();
             }
         }
+        true
     }
 
     /// Reads what the TUN holds (non-blocking), seals it and sends it; returns the bytes read.
@@ -346,6 +350,7 @@ impl Engine {
             Vec::with_capacity(BATCH * 64);
         // (buffer, start, end) of each packet delivered in place, virtio header room included.
         let mut places: Vec<(usize, usize, usize)> = Vec::with_capacity(BATCH * 64);
+        let mut tun_busy = false;
         while !self.stopped() {
             let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
@@ -355,12 +360,13 @@ impl Engine {
             };
             // One UDP thread (IPv4's, when bound) also waits on the TUN unless it is bulk.
             let reads_tun = (!v6 || bind.as_ref().is_some_and(|b| b.v4.is_none()))
-                && !self.tun_bulk.load(Ordering::Acquire);
+                && !self.tun_bulk.load(Ordering::Acquire)
+                && !tun_busy;
             let tun_fd = if reads_tun { Some(self.tun.as_raw_fd()) } else { None };
             let (udp_ready, tun_ready) = wait_readable2(sock.socket.as_raw_fd(), tun_fd, bind::RECV_TIMEOUT);
-            if tun_ready {
-                self.read_tun_inline();
-            }
+            // If another thread holds the reader, it empties the TUN: wait on UDP alone once
+            // rather than spin on a TUN that stays readable meanwhile.
+            tun_busy = tun_ready && !self.read_tun_inline();
             if !udp_ready {
                 continue;
             }
