@@ -26,7 +26,11 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let _ = fs::remove_file(&tmp);
     let result = (|| {
         // The mode is set at creation: a secret is never readable by others, not even briefly.
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         // The umask may have narrowed the create mode (a binary must end up executable).
         f.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -58,7 +62,9 @@ mod tests {
     use super::*;
 
     fn listing(dir: &Path) -> Vec<OsString> {
-        fs::read_dir(dir).map(|r| r.filter_map(Result::ok).map(|e| e.file_name()).collect()).unwrap_or_default()
+        fs::read_dir(dir)
+            .map(|r| r.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -67,9 +73,14 @@ mod tests {
         let p = d.path().join("10-x.conflist");
         write(&p, b"one", 0o600).unwrap_or_else(|e| panic!("{e}"));
         assert!(write_if_changed(&p, b"two", 0o600).unwrap_or(false));
-        assert!(!write_if_changed(&p, b"two", 0o600).unwrap_or(true), "same content: no write");
+        assert!(
+            !write_if_changed(&p, b"two", 0o600).unwrap_or(true),
+            "same content: no write"
+        );
         assert_eq!(fs::read(&p).unwrap_or_default(), b"two");
-        let mode = fs::metadata(&p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        let mode = fs::metadata(&p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
         assert_eq!(mode, 0o600);
         assert_eq!(listing(d.path()).len(), 1, "no temp file left behind");
     }
@@ -85,6 +96,9 @@ mod tests {
         assert!(write(&target, b"new", 0o600).is_err());
         assert_eq!(fs::read(&p).unwrap_or_default(), b"old");
         assert_eq!(listing(d.path()).len(), 2, "key and sub only");
-        assert!(write(Path::new("/"), b"x", 0o600).is_err(), "a path without a file name");
+        assert!(
+            write(Path::new("/"), b"x", 0o600).is_err(),
+            "a path without a file name"
+        );
     }
 }

@@ -441,12 +441,34 @@ fn wg_show(ns: &str, ifname: &str, what: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Runs `wgmesh-node-agent rotate-key` on node `n`'s key file, then waits `within` for its
+/// engine to show the new public key (failing with `never`); returns that key.
+fn rotate_key(m: &Mesh, n: u32, within: Duration, never: &str) -> String {
+    let node = m.node(n);
+    let o = run(Command::new(AGENT)
+        .args(["rotate-key", "--private-key"])
+        .arg(&node.key_path));
+    assert!(
+        o.status.success(),
+        "rotate-key: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let new_key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let moved = wait_for(within, || {
+        wg_show(&node.ns, &node.ifname, "public-key")
+            .first()
+            .map(|f| f[0].as_str())
+            == Some(new_key.as_str())
+    });
+    assert!(moved.is_some(), "{never}");
+    new_key
+}
+
 #[test]
 fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() {
     let _serial = serial();
     let (mut m, cap, p1, p2) = two_nodes_up();
-    let ids = |n: &Node| (n.ns.clone(), n.ifname.clone());
-    let (n1, n2) = (ids(m.node(1)), ids(m.node(2)));
+    let n2 = (m.node(2).ns.clone(), m.node(2).ifname.clone());
     let old_key = m.node(1).public_key.clone();
     let rx_before: u64 = wg_show(&n2.0, &n2.1, "transfer")
         .iter()
@@ -458,23 +480,13 @@ fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() 
     let a = start_ping(&p1.ns, p2.v4, "0.02", 200);
     let b = start_ping(&p2.ns, p1.v6, "0.02", 200);
     std::thread::sleep(Duration::from_millis(500));
-    let o = run(Command::new(AGENT)
-        .args(["rotate-key", "--private-key"])
-        .arg(&m.node(1).key_path));
-    assert!(
-        o.status.success(),
-        "rotate-key: {}",
-        String::from_utf8_lossy(&o.stderr)
+    let new_key = rotate_key(
+        &m,
+        1,
+        Duration::from_secs(2),
+        "node 1's engine never took the new key",
     );
-    let new_key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
     assert_ne!(new_key, old_key);
-    let moved = wait_for(Duration::from_secs(2), || {
-        wg_show(&n1.0, &n1.1, "public-key")
-            .first()
-            .map(|f| f[0].as_str())
-            == Some(new_key.as_str())
-    });
-    assert!(moved.is_some(), "node 1's engine never took the new key");
     // node 1's traffic still flows on its old sessions; now the operator's part: publish
     std::thread::sleep(Duration::from_millis(300));
     m.node_mut(1).public_key = new_key.clone();
@@ -546,25 +558,11 @@ fn rotation_falls_back_to_a_plain_key_change_on_an_engine_without_the_extensions
         wait_for(Duration::from_secs(10), || ping(&p1.ns, p2.v4, 1, "1")).is_some(),
         "mesh up with wireguard-go on node 1"
     );
-    let (ns1, if1) = (m.node(1).ns.clone(), m.node(1).ifname.clone());
-    let o = run(Command::new(AGENT)
-        .args(["rotate-key", "--private-key"])
-        .arg(&m.node(1).key_path));
-    assert!(
-        o.status.success(),
-        "rotate-key: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let new_key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    let moved = wait_for(Duration::from_secs(3), || {
-        wg_show(&ns1, &if1, "public-key")
-            .first()
-            .map(|f| f[0].as_str())
-            == Some(new_key.as_str())
-    });
-    assert!(
-        moved.is_some(),
-        "the agent never moved wireguard-go to the new key"
+    let new_key = rotate_key(
+        &m,
+        1,
+        Duration::from_secs(3),
+        "the agent never moved wireguard-go to the new key",
     );
     m.node_mut(1).public_key = new_key;
     m.publish(1);

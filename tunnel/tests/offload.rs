@@ -55,19 +55,26 @@ fn segment(seq: u32, id: u16, payload: &[u8], flags: u8) -> Vec<u8> {
     p
 }
 
+/// The pseudo-header sum of an IPv4 (`iph` 20) or IPv6 (`iph` 40) packet's transport.
+fn pseudo(p: &[u8], iph: usize, proto: u8) -> u32 {
+    let addrs = if iph == 20 { &p[12..20] } else { &p[8..40] };
+    add(addrs) + u32::from(proto) + (p.len() - iph) as u32
+}
+
 fn tcp_checksum(p: &[u8]) -> u16 {
-    let len = p.len() - 20;
-    let mut sum = add(&p[12..20]) + 6 + len as u32;
     let mut t = p[20..].to_vec();
     t[16] = 0;
     t[17] = 0;
-    sum += add(&t);
-    fold(sum)
+    fold(pseudo(p, 20, 6) + add(&t))
+}
+
+/// The TCP (6) or UDP (17) checksum verifies.
+fn transport_ok(p: &[u8], iph: usize, proto: u8) -> bool {
+    fold(pseudo(p, iph, proto) + add(&p[iph..])) == 0
 }
 
 fn tcp_checksum_ok(p: &[u8]) -> bool {
-    let len = p.len() - 20;
-    fold(add(&p[12..20]) + 6 + len as u32 + add(&p[20..])) == 0
+    transport_ok(p, 20, 6)
 }
 
 fn ip_checksum_ok(p: &[u8]) -> bool {
@@ -131,14 +138,8 @@ fn vnet(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, csum_start: u16, c
 
 /// The pseudo-header sum the kernel leaves in a partial checksum's field.
 fn partial(p: &mut [u8], iph: usize, field: usize, proto: u8) {
-    let addrs = if iph == 20 { &p[12..20] } else { &p[8..40] };
-    let sum = fold(add(addrs) + u32::from(proto) + (p.len() - iph) as u32);
+    let sum = fold(pseudo(p, iph, proto));
     p[iph + field..iph + field + 2].copy_from_slice(&(!sum).to_be_bytes());
-}
-
-fn udp_ok(p: &[u8], iph: usize) -> bool {
-    let addrs = if iph == 20 { &p[12..20] } else { &p[8..40] };
-    fold(add(addrs) + 17 + (p.len() - iph) as u32 + add(&p[iph..])) == 0
 }
 
 #[test]
@@ -184,10 +185,10 @@ fn split_matches_tun_rs_on_tcp_and_udp_v4_and_v6() {
     let t6 = our_split(&reads[0]);
     assert_eq!(t6.iter().map(|s| s[53]).collect::<Vec<_>>(), vec![0x10, 0x10, 0x10, 0x19], "PSH|FIN only at the end");
     for s in our_split(&reads[1]) {
-        assert!(ip_checksum_ok(&s) && udp_ok(&s, 20));
+        assert!(ip_checksum_ok(&s) && transport_ok(&s, 20, 17));
     }
     for s in our_split(&reads[2]) {
-        assert!(udp_ok(&s, 40));
+        assert!(transport_ok(&s, 40, 17));
     }
 }
 
@@ -245,7 +246,7 @@ fn segment6(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
     p[53] = flags;
     p[54..56].copy_from_slice(&65535u16.to_be_bytes());
     p[60..].copy_from_slice(payload);
-    let sum = add(&p[8..40]) + 6 + (20 + payload.len()) as u32 + add(&p[40..]);
+    let sum = pseudo(&p, 40, 6) + add(&p[40..]);
     p[56..58].copy_from_slice(&fold(sum).to_be_bytes());
     p
 }
@@ -276,8 +277,7 @@ fn ipv6_push_ends_a_run_and_the_kernel_can_complete_the_checksum() {
     assert_eq!(p[53], 0x18, "PSH carried to the super-packet");
     assert_eq!(&p[60..], &body[..3 * mss]);
     complete_tcp_checksum(&mut p, 40);
-    let sum = add(&p[8..40]) + 6 + (20 + 3 * mss) as u32 + add(&p[40..]);
-    assert_eq!(fold(sum), 0, "the partial sum completes to a valid checksum");
+    assert!(transport_ok(&p, 40, 6), "the partial sum completes to a valid checksum");
     // Packets going out alone are marked DATA_VALID (authenticated, as the kernel marks them).
     for i in [3, 4] {
         let h = VirtioNetHdr::decode(&bufs[i][..VIRTIO_NET_HDR_LEN]).unwrap();

@@ -54,7 +54,7 @@ impl Output for Batch {
     }
     fn deliver(&mut self, packet: &[u8]) {
         if self.tun.len() == self.delivered {
-            self.tun.push(Vec::with_capacity(TUN_OFFSET + 65536));
+            self.tun.push(Vec::new());
         }
         let b = &mut self.tun[self.delivered];
         b.clear();

@@ -257,7 +257,7 @@ impl Engine {
                 std::thread::park_timeout(TICK);
                 continue;
             }
-            let n = if wait_readable(fd, TICK) {
+            let n = if wait_readable(fd, None, TICK).0 {
                 self.read_tun(&mut self.tun_reader.lock().unwrap_or_else(|e| e.into_inner()))
             } else {
                 0
@@ -363,7 +363,7 @@ impl Engine {
                 && !self.tun_bulk.load(Ordering::Acquire)
                 && !tun_busy;
             let tun_fd = if reads_tun { Some(self.tun.as_raw_fd()) } else { None };
-            let (udp_ready, tun_ready) = wait_readable2(sock.socket.as_raw_fd(), tun_fd, bind::RECV_TIMEOUT);
+            let (udp_ready, tun_ready) = wait_readable(sock.socket.as_raw_fd(), tun_fd, bind::RECV_TIMEOUT);
             // If another thread holds the reader, it empties the TUN: wait on UDP alone once
             // rather than spin on a TUN that stays readable meanwhile.
             tun_busy = tun_ready && !self.read_tun_inline();
@@ -721,7 +721,7 @@ impl TunWriter {
 }
 
 /// Waits until `a` or (when given) `b` is readable; says which are.
-fn wait_readable2(a: i32, b: Option<i32>, timeout: Duration) -> (bool, bool) {
+fn wait_readable(a: i32, b: Option<i32>, timeout: Duration) -> (bool, bool) {
     let poll = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let mut p = [poll(a), poll(b.unwrap_or(-1))];
     let n = if b.is_some() { 2 } else { 1 };
@@ -729,13 +729,6 @@ fn wait_readable2(a: i32, b: Option<i32>, timeout: Duration) -> (bool, bool) {
     let r = unsafe { libc::poll(p.as_mut_ptr(), n, timeout.as_millis() as i32) };
     let ready = |p: &libc::pollfd| r > 0 && p.revents & libc::POLLIN != 0;
     (ready(&p[0]), ready(&p[1]))
-}
-
-fn wait_readable(fd: i32, timeout: Duration) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd we own, for the duration of the call.
-    let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
-    r > 0 && p.revents & libc::POLLIN != 0
 }
 
 /// The interface flags, or `None` once the interface no longer exists.
