@@ -22,10 +22,12 @@ pub struct Poly1305 {
 /// Multipliers for 8 lanes: limbs r0, r1, r2 and 20·r1, 20·r2 (2^132 ≡ 20 mod p).
 #[derive(Clone, Copy)]
 struct Powers {
-    /// r^8 in every lane: one step of eight blocks.
-    every: [__m512i; 5],
-    /// r^(8−i) in lane i: the last step.
+    /// r^(8−i) in lane i: the last step of eight blocks (lanes 8..16 of a step of sixteen).
     last: [__m512i; 5],
+    /// r^16 in every lane: one step of sixteen blocks.
+    every16: [__m512i; 5],
+    /// r^(16−i) in lane i: lanes 0..8 of the last step of sixteen.
+    last16: [__m512i; 5],
 }
 
 impl Drop for Poly1305 {
@@ -34,7 +36,7 @@ impl Drop for Poly1305 {
         self.h.zeroize();
         self.s.zeroize();
         if let Some(p) = self.pows.as_mut() {
-            for v in p.every.iter_mut().chain(p.last.iter_mut()) {
+            for v in p.last.iter_mut().chain(p.every16.iter_mut()).chain(p.last16.iter_mut()) {
                 // SAFETY: an owned, aligned vector; volatile so the wipe stays.
                 unsafe { std::ptr::write_volatile(v, std::mem::zeroed()) };
             }
@@ -96,8 +98,14 @@ impl Poly1305 {
         if data.len() / 16 >= VECTOR_MIN_BLOCKS {
             let r = self.r;
             let pows = *self.pows.get_or_insert_with(|| powers(r));
-            let n = data.len() / 128 * 128;
-            self.h = blocks8(self.h, &pows, &data[..n]);
+            // Two chains of 8 lanes hide the multiplier's latency; an odd group of 8 goes first.
+            let groups = data.len() / 128;
+            let odd = groups % 2 * 128;
+            if odd != 0 {
+                self.h = blocks8(self.h, &pows, &data[..odd]);
+            }
+            let n = groups * 128;
+            self.h = blocks16(self.h, &pows, &data[odd..n]);
             rest = &data[n..];
         }
         for b in rest.chunks_exact(16) {
@@ -147,7 +155,7 @@ impl Poly1305 {
 }
 
 /// r^8..r^1: r^2, then r^3 and r^4 side by side, then one vector step
-/// [r^4, r^3, r^2, r, ...] × [r^4 ×4, 1 ×4].
+/// [r^4, r^3, r^2, r, ...] × [r^4 ×4, 1 ×4]; then r^16..r^9 = r^8..r^1 × r^8.
 #[target_feature(enable = "avx512f,avx512ifma")]
 unsafe fn powers(r: [u64; 3]) -> Powers {
     let r2 = mul(r, r);
@@ -156,9 +164,12 @@ unsafe fn powers(r: [u64; 3]) -> Powers {
     let lanes = |k: usize| _mm512_setr_epi64(r4[k] as i64, r3[k] as i64, r2[k] as i64, r[k] as i64, r4[k] as i64, r3[k] as i64, r2[k] as i64, r[k] as i64);
     let by = |k: usize| _mm512_setr_epi64(r4[k] as i64, r4[k] as i64, r4[k] as i64, r4[k] as i64, one[k], one[k], one[k], one[k]);
     let l = mul8([lanes(0), lanes(1), lanes(2)], &with_twenty([by(0), by(1), by(2)]));
-    let lane0 = _mm512_setzero_si512(); // index 0 for every lane
-    let e = [0, 1, 2].map(|k| _mm512_permutexvar_epi64(lane0, l[k]));
-    Powers { every: with_twenty(e), last: with_twenty(l) }
+    let first = _mm512_setzero_si512(); // index 0 for every lane
+    let last = with_twenty(l);
+    let r8 = with_twenty([0, 1, 2].map(|k| _mm512_permutexvar_epi64(first, l[k])));
+    let l16 = mul8(l, &r8);
+    let every16 = with_twenty([0, 1, 2].map(|k| _mm512_permutexvar_epi64(first, l16[k])));
+    Powers { last, every16, last16: with_twenty(l16) }
 }
 
 /// r0, r1, r2, 20·r1, 20·r2 (limbs below 2^45, so 20·r < 2^50 is exact in IFMA).
@@ -201,33 +212,63 @@ unsafe fn mul8(h: [__m512i; 3], r: &[__m512i; 5]) -> [__m512i; 3] {
     ]
 }
 
-/// Absorbs `data` (a non-zero multiple of 128 bytes) into `h`, 8 blocks per step: lane i
-/// accumulates blocks i, 8 + i, ...; every step multiplies by r^8, the last by r^(8−i).
+/// Loads 8 blocks (128 bytes) as 8 lanes of limbs, with the 2^128 bit.
 #[target_feature(enable = "avx512f,avx512ifma")]
-unsafe fn blocks8(h: [u64; 3], pows: &Powers, data: &[u8]) -> [u64; 3] {
-    let lane0 = |x: u64| _mm512_maskz_set1_epi64(1, x as i64);
-    let mut a = [lane0(h[0]), lane0(h[1]), lane0(h[2])];
+unsafe fn load8(p: *const u8) -> [__m512i; 3] {
     let m44 = _mm512_set1_epi64(M44 as i64);
-    let bit128 = _mm512_set1_epi64(1 << 40);
-    let even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-    let odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    let x = _mm512_loadu_si512(p as *const __m512i);
+    let y = _mm512_loadu_si512(p.add(64) as *const __m512i);
+    let lo = _mm512_permutex2var_epi64(x, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), y); // lane i: bytes 0..8 of block i
+    let hi = _mm512_permutex2var_epi64(x, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), y);
+    [
+        _mm512_and_si512(lo, m44),
+        _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)), m44),
+        _mm512_or_si512(_mm512_srli_epi64::<24>(hi), _mm512_set1_epi64(1 << 40)),
+    ]
+}
 
-    let chunks = data.len() / 128;
-    for (n, c) in data.chunks_exact(128).enumerate() {
-        let x = _mm512_loadu_si512(c.as_ptr() as *const __m512i);
-        let y = _mm512_loadu_si512(c.as_ptr().add(64) as *const __m512i);
-        let lo = _mm512_permutex2var_epi64(x, even, y); // lane i: bytes 0..8 of block i
-        let hi = _mm512_permutex2var_epi64(x, odd, y);
-        let m0 = _mm512_and_si512(lo, m44);
-        let m1 = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)), m44);
-        let m2 = _mm512_or_si512(_mm512_srli_epi64::<24>(hi), bit128);
-        let h = [_mm512_add_epi64(a[0], m0), _mm512_add_epi64(a[1], m1), _mm512_add_epi64(a[2], m2)];
-        a = mul8(h, if n + 1 == chunks { &pows.last } else { &pows.every });
-    }
-    // The lanes' sum is h (limbs below 2^48); one carry pass brings it back in range.
-    let (s0, s1, s2) = (_mm512_reduce_add_epi64(a[0]) as u64, _mm512_reduce_add_epi64(a[1]) as u64, _mm512_reduce_add_epi64(a[2]) as u64);
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn add3(a: [__m512i; 3], b: [__m512i; 3]) -> [__m512i; 3] {
+    [_mm512_add_epi64(a[0], b[0]), _mm512_add_epi64(a[1], b[1]), _mm512_add_epi64(a[2], b[2])]
+}
+
+/// h in lane 0 of a vector accumulator.
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn lane0(h: [u64; 3]) -> [__m512i; 3] {
+    h.map(|x| _mm512_maskz_set1_epi64(1, x as i64))
+}
+
+/// The lanes' sum (limbs below 2^48 for up to 16 lanes), carried back into range.
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn sum_lanes(a: [__m512i; 3]) -> [u64; 3] {
+    let [s0, s1, s2] = a.map(|v| _mm512_reduce_add_epi64(v) as u64);
     let s1 = s1 + (s0 >> 44);
     let s2 = s2 + (s1 >> 44);
     let s0 = (s0 & M44) + (s2 >> 42) * 5;
     [s0 & M44, (s1 & M44) + (s0 >> 44), s2 & M42]
+}
+
+/// Absorbs 8 blocks (128 bytes) into `h`: lane i takes block i times r^(8−i).
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn blocks8(h: [u64; 3], pows: &Powers, data: &[u8]) -> [u64; 3] {
+    debug_assert_eq!(data.len(), 128);
+    sum_lanes(mul8(add3(lane0(h), load8(data.as_ptr())), &pows.last))
+}
+
+/// Absorbs `data` (a non-zero multiple of 256 bytes) into `h`, 16 blocks per step in two
+/// independent chains: lane i of chain A takes blocks i, 16 + i, ..., of chain B blocks
+/// 8 + i, 24 + i, ...; every step multiplies by r^16, the last by r^(16−i) and r^(8−i).
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn blocks16(h: [u64; 3], pows: &Powers, data: &[u8]) -> [u64; 3] {
+    let mut a = lane0(h);
+    let mut b = lane0([0; 3]);
+    let steps = data.len() / 256;
+    for (n, c) in data.chunks_exact(256).enumerate() {
+        let ha = add3(a, load8(c.as_ptr()));
+        let hb = add3(b, load8(c.as_ptr().add(128)));
+        let (ra, rb) = if n + 1 == steps { (&pows.last16, &pows.last) } else { (&pows.every16, &pows.every16) };
+        a = mul8(ha, ra);
+        b = mul8(hb, rb);
+    }
+    sum_lanes(add3(a, b))
 }
