@@ -206,6 +206,8 @@ pub unsafe fn apply(st: &State, data: &mut [u8], check: impl FnOnce(&[u8; 32], &
         ks.zeroize_vectors();
         return ok;
     };
+    // Later batches are not wiped: a keystream block is plaintext XOR ciphertext, both of which
+    // pass through this buffer anyway; the first batch is, as it holds the Poly1305 key.
     while done < data.len() {
         let ctr = (1 + done / 64) as u32;
         if data.len() - done > 8 * 64 {

@@ -1,7 +1,7 @@
 //! ChaCha20-Poly1305 (RFC 8439) for x86-64 CPUs with AVX-512 (F, VL, BW) and AVX-512 IFMA.
 //!
-//! ChaCha20 runs 16 (or 8) blocks side by side in vector registers; Poly1305 runs 8 blocks
-//! side by side in radix 2^44 with the 52-bit multiply-add instructions. On CPUs without these
+//! ChaCha20 runs 16 (or 8) blocks side by side in vector registers; Poly1305 runs two chains
+//! of 8 lanes (16 blocks per step) in radix 2^44 with the 52-bit multiply-add instructions. On CPUs without these
 //! features [`ChaChaPoly::new`] returns `None` and the caller keeps its portable AEAD: this
 //! crate is a faster implementation of the one cipher, not a second cipher.
 //!

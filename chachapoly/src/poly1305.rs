@@ -97,15 +97,15 @@ impl Poly1305 {
         let mut rest = data;
         if data.len() / 16 >= VECTOR_MIN_BLOCKS {
             let r = self.r;
-            let pows = *self.pows.get_or_insert_with(|| powers(r));
+            let pows = self.pows.get_or_insert_with(|| powers(r)); // borrowed: no copy of r's powers on the stack
             // Two chains of 8 lanes hide the multiplier's latency; an odd group of 8 goes first.
             let groups = data.len() / 128;
             let odd = groups % 2 * 128;
             if odd != 0 {
-                self.h = blocks8(self.h, &pows, &data[..odd]);
+                self.h = blocks8(self.h, pows, &data[..odd]);
             }
             let n = groups * 128;
-            self.h = blocks16(self.h, &pows, &data[odd..n]);
+            self.h = blocks16(self.h, pows, &data[odd..n]);
             rest = &data[n..];
         }
         for b in rest.chunks_exact(16) {

@@ -111,6 +111,38 @@ fn aead_equals_ring_at_every_length() {
 }
 
 #[test]
+fn long_aad_goes_through_the_vector_path_too() {
+    if !available() {
+        return;
+    }
+    // aad of 256 bytes and more is absorbed 16 blocks per step, and the text then reuses the
+    // powers of r computed for it.
+    for aad_len in [256, 383, 384, 400, 1000, 4111] {
+        for len in [0, 15, 256, 1420, 3000] {
+            let aad = bytes(aad_len as u64, aad_len);
+            check_against_ring(&[0x17; 32], &[3; 12], &aad, &bytes(len as u64 + 9, len));
+        }
+    }
+}
+
+#[test]
+fn a_flipped_aad_bit_is_refused() {
+    if !available() {
+        return;
+    }
+    let k = ChaChaPoly::new(&[0x21; 32]).unwrap();
+    for (aad_len, len) in [(1, 0), (12, 64), (300, 1420)] {
+        let mut aad = bytes(aad_len as u64, aad_len);
+        let mut text = bytes(len as u64, len);
+        let tag = k.seal_in_place(&[5; 12], &aad, &mut text).unwrap();
+        let sealed = text.clone();
+        aad[aad_len - 1] ^= 0x80;
+        assert!(!k.open_in_place(&[5; 12], &aad, &mut text, &tag), "aad {aad_len}, text {len}");
+        assert_eq!(text, sealed);
+    }
+}
+
+#[test]
 fn poly1305_equals_rustcrypto_on_hard_keys() {
     if !available() {
         return;
@@ -118,6 +150,13 @@ fn poly1305_equals_rustcrypto_on_hard_keys() {
     // The clamped maximum r with all-ones messages drives every limb and carry to its bound;
     // s of all ones wraps the final addition; zero r and zero s are the other corners.
     let mut keys = vec![[0xff; 32], [0; 32]];
+    // r = 2^k (allowed by the clamp) makes the high halves of the products non-zero in a
+    // structured way, unlike r = 1.
+    for k in [2usize, 36, 66, 98, 123] {
+        let mut key = [0u8; 32];
+        key[k / 8] = 1 << (k % 8);
+        keys.push(key);
+    }
     let mut k = [0xff; 32];
     k[16..].fill(0);
     keys.push(k);
@@ -143,7 +182,8 @@ fn poly1305_accumulator_near_the_modulus() {
     // path (3, 7 blocks) and the vector path (19, 35, 131 blocks).
     let mut key = [0u8; 32];
     key[0] = 1;
-    for n in [3u128, 7, 19, 35, 131] {
+    // 19, 35 and 131 blocks give an even number of 8-block groups, 27, 43, 51 an odd one.
+    for n in [3u128, 7, 19, 27, 35, 43, 51, 131] {
         let q = n / 4; // n = 4q + 3 blocks add n·2^128 ≡ 5q + 3·2^128 (mod p)
         for d in -1i128..=4 {
             // One block m = 2^128 − 5 + d − 5q, all others zero: Σ ≡ 2^130 − 5 + d = p + d.
