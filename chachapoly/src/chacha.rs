@@ -61,35 +61,45 @@ macro_rules! rounds {
     };
 }
 
+/// One batch of rounds at any register width: register i holds word i of every lane's block
+/// (lane k: counter ctr + k). Returns the words transposed 4×4 inside each 128-bit lane:
+/// y[4g + j] holds words 4g..4g+4 of the block at position j of every 128-bit lane.
+macro_rules! batch {
+    ($st:expr, $ctr:expr, $lanes:expr, $set1:ident, $add:ident, $xor:ident, $rol:ident,
+     $lo32:ident, $hi32:ident, $lo64:ident, $hi64:ident) => {{
+        let lanes = $lanes;
+        let start = |i: usize| match i {
+            12 => $add($set1($ctr as i32), lanes),
+            _ => $set1($st.word(i) as i32),
+        };
+        let mut x: [_; 16] = std::array::from_fn(start);
+        rounds!(x, $add, $xor, $rol);
+        // Feed-forward (§2.3) from freshly broadcast words: keeping the initial state live
+        // across the rounds would need 32 registers and spill.
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = $add(*v, start(i));
+        }
+        let mut y = x;
+        for g in 0..4 {
+            let (a, b, c, d) = (x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]);
+            let (t0, t1, t2, t3) = ($lo32(a, b), $hi32(a, b), $lo32(c, d), $hi32(c, d));
+            y[4 * g] = $lo64(t0, t2);
+            y[4 * g + 1] = $hi64(t0, t2);
+            y[4 * g + 2] = $lo64(t1, t3);
+            y[4 * g + 3] = $hi64(t1, t3);
+        }
+        y
+    }};
+}
+
 /// Keystream blocks ctr..ctr+16, one 64-byte block per register.
 #[target_feature(enable = "avx512f")]
 unsafe fn blocks16(st: &State, ctr: u32) -> [__m512i; 16] {
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let start = |i: usize| match i {
-        12 => _mm512_add_epi32(_mm512_set1_epi32(ctr as i32), lanes),
-        _ => _mm512_set1_epi32(st.word(i) as i32),
-    };
-    let mut x: [__m512i; 16] = std::array::from_fn(start);
-    rounds!(x, _mm512_add_epi32, _mm512_xor_si512, _mm512_rol_epi32);
-    // Feed-forward (§2.3) from freshly broadcast words: keeping the initial state live across
-    // the rounds would need 32 registers and spill.
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = _mm512_add_epi32(*v, start(i));
-    }
-
-    // Transpose: 4×4 words inside each 128-bit lane, then the 128-bit lanes themselves.
-    let mut y = [_mm512_setzero_si512(); 16]; // y[4g + j]: words 4g..4g+4 of blocks j, 4+j, 8+j, 12+j
-    for g in 0..4 {
-        let (a, b, c, d) = (x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]);
-        let t0 = _mm512_unpacklo_epi32(a, b);
-        let t1 = _mm512_unpackhi_epi32(a, b);
-        let t2 = _mm512_unpacklo_epi32(c, d);
-        let t3 = _mm512_unpackhi_epi32(c, d);
-        y[4 * g] = _mm512_unpacklo_epi64(t0, t2);
-        y[4 * g + 1] = _mm512_unpackhi_epi64(t0, t2);
-        y[4 * g + 2] = _mm512_unpacklo_epi64(t1, t3);
-        y[4 * g + 3] = _mm512_unpackhi_epi64(t1, t3);
-    }
+    #[rustfmt::skip]
+    let y = batch!(st, ctr, lanes, _mm512_set1_epi32, _mm512_add_epi32, _mm512_xor_si512, _mm512_rol_epi32,
+        _mm512_unpacklo_epi32, _mm512_unpackhi_epi32, _mm512_unpacklo_epi64, _mm512_unpackhi_epi64);
+    // Then the 128-bit lanes: block 4L + j is lane L of y[j], y[4 + j], y[8 + j], y[12 + j].
     let mut out = [_mm512_setzero_si512(); 16];
     for j in 0..4 {
         let (y0, y1, y2, y3) = (y[j], y[4 + j], y[8 + j], y[12 + j]);
@@ -109,37 +119,16 @@ unsafe fn blocks16(st: &State, ctr: u32) -> [__m512i; 16] {
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn blocks8(st: &State, ctr: u32) -> [__m512i; 8] {
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let start = |i: usize| match i {
-        12 => _mm256_add_epi32(_mm256_set1_epi32(ctr as i32), lanes),
-        _ => _mm256_set1_epi32(st.word(i) as i32),
-    };
-    let mut x: [__m256i; 16] = std::array::from_fn(start);
-    rounds!(x, _mm256_add_epi32, _mm256_xor_si256, _mm256_rol_epi32);
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = _mm256_add_epi32(*v, start(i));
-    }
-
-    let mut y = [_mm256_setzero_si256(); 16]; // y[4g + j]: words 4g..4g+4 of blocks j and 4+j
-    for g in 0..4 {
-        let (a, b, c, d) = (x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]);
-        let t0 = _mm256_unpacklo_epi32(a, b);
-        let t1 = _mm256_unpackhi_epi32(a, b);
-        let t2 = _mm256_unpacklo_epi32(c, d);
-        let t3 = _mm256_unpackhi_epi32(c, d);
-        y[4 * g] = _mm256_unpacklo_epi64(t0, t2);
-        y[4 * g + 1] = _mm256_unpackhi_epi64(t0, t2);
-        y[4 * g + 2] = _mm256_unpacklo_epi64(t1, t3);
-        y[4 * g + 3] = _mm256_unpackhi_epi64(t1, t3);
-    }
+    #[rustfmt::skip]
+    let y = batch!(st, ctr, lanes, _mm256_set1_epi32, _mm256_add_epi32, _mm256_xor_si256, _mm256_rol_epi32,
+        _mm256_unpacklo_epi32, _mm256_unpackhi_epi32, _mm256_unpacklo_epi64, _mm256_unpackhi_epi64);
+    // Block 4L + j is lane L of y[j], y[4 + j], y[8 + j], y[12 + j].
     let mut out = [_mm512_setzero_si512(); 8];
     for j in 0..4 {
         let (y0, y1, y2, y3) = (y[j], y[4 + j], y[8 + j], y[12 + j]);
-        let lo = _mm256_permute2x128_si256::<0x20>(y0, y1);
-        let hi = _mm256_permute2x128_si256::<0x20>(y2, y3);
-        out[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        let lo = _mm256_permute2x128_si256::<0x31>(y0, y1);
-        let hi = _mm256_permute2x128_si256::<0x31>(y2, y3);
-        out[4 + j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        out[j] = join(_mm256_permute2x128_si256::<0x20>(y0, y1), _mm256_permute2x128_si256::<0x20>(y2, y3));
+        out[4 + j] = join(_mm256_permute2x128_si256::<0x31>(y0, y1), _mm256_permute2x128_si256::<0x31>(y2, y3));
     }
     out
 }
