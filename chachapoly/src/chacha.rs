@@ -170,31 +170,13 @@ unsafe fn poly_key(block0: __m512i) -> [u8; 32] {
 /// the text as it is. Block 0 comes from the same first batch as the text's first blocks.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw")]
 pub unsafe fn apply(st: &State, data: &mut [u8], check: impl FnOnce(&[u8; 32], &[u8]) -> bool) -> bool {
-    let blocks = 1 + data.len().div_ceil(64);
-    let mut done = if blocks > 8 {
-        let mut ks = blocks16(st, 0);
-        let mut key = poly_key(ks[0]);
-        let ok = check(&key, data);
-        key.zeroize();
-        if ok {
-            xor_into(&ks[1..], data, 0);
-        }
-        ks.zeroize_vectors();
-        if !ok {
-            return false;
-        }
-        15 * 64
-    } else {
-        let mut ks = blocks8(st, 0);
-        let mut key = poly_key(ks[0]);
-        let ok = check(&key, data);
-        key.zeroize();
-        if ok {
-            xor_into(&ks[1..], data, 0);
-        }
-        ks.zeroize_vectors();
-        return ok;
-    };
+    if data.len().div_ceil(64) < 8 {
+        return first(blocks8(st, 0), data, check);
+    }
+    if !first(blocks16(st, 0), data, check) {
+        return false;
+    }
+    let mut done = 15 * 64;
     // Later batches are not wiped: a keystream block is plaintext XOR ciphertext, both of which
     // pass through this buffer anyway; the first batch is, as it holds the Poly1305 key.
     while done < data.len() {
@@ -208,6 +190,20 @@ pub unsafe fn apply(st: &State, data: &mut [u8], check: impl FnOnce(&[u8; 32], &
         }
     }
     true
+}
+
+/// The first batch: block 0 goes to `check`, and only if it accepts do blocks 1.. meet the text.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn first<const N: usize>(mut ks: [__m512i; N], data: &mut [u8], check: impl FnOnce(&[u8; 32], &[u8]) -> bool) -> bool {
+    let mut key = poly_key(ks[0]);
+    let ok = check(&key, data);
+    key.zeroize();
+    if ok {
+        xor_into(&ks[1..], data, 0);
+    }
+    ks.zeroize_vectors();
+    ok
 }
 
 /// Keystream left on the stack is wiped (registers are overwritten by the next use).
