@@ -98,14 +98,9 @@ impl Poly1305 {
         if data.len() / 16 >= VECTOR_MIN_BLOCKS {
             let r = self.r;
             let pows = self.pows.get_or_insert_with(|| powers(r)); // borrowed: no copy of r's powers on the stack
-            // Two chains of 8 lanes hide the multiplier's latency; an odd group of 8 goes first.
-            let groups = data.len() / 128;
-            let odd = groups % 2 * 128;
-            if odd != 0 {
-                self.h = blocks8(self.h, pows, &data[..odd]);
-            }
-            let n = groups * 128;
-            self.h = blocks16(self.h, pows, &data[odd..n]);
+            // Two chains of 8 lanes hide the multiplier's latency.
+            let n = data.len() / 128 * 128;
+            self.h = blocks16(self.h, pows, &data[..n]);
             rest = &data[n..];
         }
         for b in rest.chunks_exact(16) {
@@ -248,25 +243,25 @@ unsafe fn sum_lanes(a: [__m512i; 3]) -> [u64; 3] {
     [s0 & M44, (s1 & M44) + (s0 >> 44), s2 & M42]
 }
 
-/// Absorbs 8 blocks (128 bytes) into `h`: lane i takes block i times r^(8−i).
-#[target_feature(enable = "avx512f,avx512ifma")]
-unsafe fn blocks8(h: [u64; 3], pows: &Powers, data: &[u8]) -> [u64; 3] {
-    debug_assert_eq!(data.len(), 128);
-    sum_lanes(mul8(add3(lane0(h), load8(data.as_ptr())), &pows.last))
-}
-
-/// Absorbs `data` (a non-zero multiple of 256 bytes) into `h`, 16 blocks per step in two
+/// Absorbs `data` (a non-zero multiple of 128 bytes) into `h`, 16 blocks per step in two
 /// independent chains: lane i of chain A takes blocks i, 16 + i, ..., of chain B blocks
 /// 8 + i, 24 + i, ...; every step multiplies by r^16, the last by r^(16−i) and r^(8−i).
+/// An odd number of 8-block groups is read as if 8 zero blocks (without the 2^128 bit, so
+/// they add nothing) came first: the first step then has only chain B, which takes `h`.
 #[target_feature(enable = "avx512f,avx512ifma")]
 unsafe fn blocks16(h: [u64; 3], pows: &Powers, data: &[u8]) -> [u64; 3] {
-    let mut a = lane0(h);
-    let mut b = lane0([0; 3]);
-    let steps = data.len() / 256;
-    for (n, c) in data.chunks_exact(256).enumerate() {
+    let steps = data.len().div_ceil(256);
+    let (mut a, mut b, mut rest) = (lane0(h), lane0([0; 3]), data);
+    if !data.len().is_multiple_of(256) {
+        let rb = if steps == 1 { &pows.last } else { &pows.every16 };
+        (a, b) = (lane0([0; 3]), mul8(add3(lane0(h), load8(data.as_ptr())), rb));
+        rest = &data[128..];
+    }
+    let full = rest.len() / 256;
+    for (n, c) in rest.chunks_exact(256).enumerate() {
         let ha = add3(a, load8(c.as_ptr()));
         let hb = add3(b, load8(c.as_ptr().add(128)));
-        let (ra, rb) = if n + 1 == steps { (&pows.last16, &pows.last) } else { (&pows.every16, &pows.every16) };
+        let (ra, rb) = if n + 1 == full { (&pows.last16, &pows.last) } else { (&pows.every16, &pows.every16) };
         a = mul8(ha, ra);
         b = mul8(hb, rb);
     }
