@@ -1,26 +1,26 @@
 //! Poly1305 (RFC 8439 §2.5) in radix 2^44: h = h0 + h1·2^44 + h2·2^88 modulo p = 2^130 − 5.
-//! Limbs below 2^52 feed AVX-512 IFMA's 52-bit multiply-add directly; long messages run 8
-//! blocks side by side (lane i of the last batch multiplies by r^(8−i)), short ones and tails
-//! one block at a time with 64×64→128-bit products.
+//! Limbs below 2^52 feed AVX-512 IFMA's 52-bit multiply-add directly; long messages run 16
+//! blocks per step in two chains of 8 lanes (see `blocks16`), short ones and tails one block
+//! at a time with 64×64→128-bit products.
 
 use core::arch::x86_64::*;
 use zeroize::Zeroize;
 
 const M44: u64 = (1 << 44) - 1;
 const M42: u64 = (1 << 42) - 1;
-/// Below this many blocks computing r^2..r^8 costs more than the vector loop saves.
+/// Below this many blocks computing r^2..r^16 costs more than the vector loop saves.
 const VECTOR_MIN_BLOCKS: usize = 16;
 
 pub struct Poly1305 {
     r: [u64; 3],
     h: [u64; 3],
     s: u128,
-    /// r^8..r^1 by lane, computed on the first long run of blocks.
+    /// The lane multipliers, computed on the first long run of blocks.
     pows: Option<Powers>,
 }
 
-/// Multipliers for 8 lanes: limbs r0, r1, r2 and 20·r1, 20·r2 (2^132 ≡ 20 mod p).
-#[derive(Clone, Copy)]
+/// Multipliers for 8 lanes: limbs r0, r1, r2 and 20·r1, 20·r2 (2^132 ≡ 20 mod p). Secret
+/// (powers of r): not Copy, wiped with the Poly1305 that holds them.
 struct Powers {
     /// r^(8−i) in lane i: the last step of eight blocks (lanes 8..16 of a step of sixteen).
     last: [__m512i; 5],
