@@ -19,7 +19,14 @@ if [ "$fuzz_seconds" != 0 ]; then
     crate="${spec%%:*}" target="${spec#*:}"
     echo "-- $crate/$target"
     dict=() && [ -f "$crate/fuzz/$target.dict" ] && dict=(-dict="$target.dict")
-    (cd "$crate/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" "${dict[@]}" 2>&1 | tail -n 3)
+    log="$(mktemp)"
+    if ! (cd "$crate/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" "${dict[@]}") >"$log" 2>&1; then
+      # cargo-fuzz ends a failure with its own backtrace; the cause is above it.
+      grep -v -E '^ +([0-9]+: |at )' "$log" | tail -n 60
+      df -h . >&2
+      exit 1
+    fi
+    tail -n 2 "$log" && rm -f "$log"
   done
 fi
 echo "== all tests passed"
