@@ -57,9 +57,12 @@ fn check_against_ring(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], plain: &[u8]
         assert_eq!(text, changed, "a refused text must be left as it was");
         text[i] ^= 0x10;
     }
-    let mut bad = tag;
-    bad[TAG_LEN - 1] ^= 1;
-    assert!(!ours.open_in_place(nonce, aad, &mut text, &bad), "wrong tag accepted");
+    // A wrong bit anywhere in the tag, first and last byte included, is refused.
+    for (byte, bit) in [(0, 0), (7, 7), (8, 0), (TAG_LEN - 1, 7), (plain.len() % TAG_LEN, plain.len() % 8)] {
+        let mut bad = tag;
+        bad[byte] ^= 1 << bit;
+        assert!(!ours.open_in_place(nonce, aad, &mut text, &bad), "tag with byte {byte} bit {bit} flipped accepted");
+    }
     assert_eq!(text, sealed);
     assert!(ours.open_in_place(nonce, aad, &mut text, &tag), "own tag refused, {} bytes", plain.len());
     assert_eq!(text, plain);
