@@ -5,16 +5,39 @@
 
 use tun_rs::{gso_split, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
 use wgmesh_tunnel::shell::gro::{coalesce, Write};
-use wgmesh_tunnel::shell::gso::split;
+use wgmesh_tunnel::device::padded_len;
+use wgmesh_tunnel::shell::gso::{split, Room};
 
 /// Our split of one TUN read (virtio header + packet): the packets it stands for.
 fn our_split(read: &[u8]) -> Vec<Vec<u8>> {
     let mut read = read.to_vec();
     let (mut arena, mut segs) = (Vec::new(), Vec::new());
-    match split(&mut read, &mut arena, &mut segs).expect("split") {
+    match split(&mut read, &mut arena, &mut segs, Room::default()).expect("split") {
         Some(lone) => vec![read[lone].to_vec()],
-        None => segs.into_iter().map(|r| arena[r].to_vec()).collect(),
+        None => {
+            let packed: Vec<Vec<u8>> = segs.into_iter().map(|r| arena[r].to_vec()).collect();
+            assert_eq!(split_with_room(&read), packed, "room changes no segment byte");
+            packed
+        }
     }
+}
+
+/// The engine's layout: every segment behind 16 zero bytes, then zero padding to WireGuard's
+/// padded length and 16 zero bytes for the tag, slot after slot, appended to what was there.
+fn split_with_room(read: &[u8]) -> Vec<Vec<u8>> {
+    let room = Room { head: 16, tail: 16, mtu: Some(1420) };
+    let (mut arena, mut segs) = (vec![0xee; 5], Vec::new());
+    assert_eq!(split(&mut read.to_vec(), &mut arena, &mut segs, room), Ok(None));
+    assert_eq!(arena[..5], [0xee; 5], "what the arena held stays");
+    let mut at = 5;
+    for r in &segs {
+        assert_eq!(r.start, at + 16, "a segment starts after its slot's head room");
+        let end = r.end + (padded_len(r.len(), 1420) - r.len()) + 16;
+        assert!(arena[at..r.start].iter().chain(&arena[r.end..end]).all(|&b| b == 0), "room is zeros");
+        at = end;
+    }
+    assert_eq!(at, arena.len(), "slots are back to back");
+    segs.iter().map(|r| arena[r.clone()].to_vec()).collect()
 }
 
 fn fold(mut sum: u32) -> u16 {

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use tun_rs::{gso_split, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use wgmesh_tunnel::shell::gro::coalesce;
-use wgmesh_tunnel::shell::gso::split;
+use wgmesh_tunnel::shell::gso::{split, Room};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < VIRTIO_NET_HDR_LEN + 1 {
@@ -15,10 +15,24 @@ fuzz_target!(|data: &[u8]| {
     // GSO split: the first bytes are the virtio header the kernel would hand us.
     let mut read = data.to_vec();
     let (mut arena, mut segs) = (Vec::new(), Vec::new());
-    let ours = split(&mut read, &mut arena, &mut segs);
+    let ours = split(&mut read, &mut arena, &mut segs, Room::default());
     if let Ok(None) = ours {
         let total: usize = segs.iter().map(|r| r.len()).sum();
         assert!(segs.iter().all(|r| r.end <= arena.len()) && total == arena.len());
+        // With the engine's room for sealing in place: the same bytes, each in a zeroed slot.
+        let room = Room { head: 16, tail: 16, mtu: Some(1420) };
+        let (mut roomy, mut slots) = (Vec::new(), Vec::new());
+        assert_eq!(split(&mut data.to_vec(), &mut roomy, &mut slots, room), Ok(None));
+        assert_eq!(slots.len(), segs.len());
+        let mut at = 0;
+        for (seg, r) in segs.iter().zip(&slots) {
+            assert_eq!(arena[seg.clone()], roomy[r.clone()]);
+            let slot = room.slot(r);
+            assert_eq!(slot.start, at, "slots are back to back");
+            assert!(roomy[slot.start..r.start].iter().chain(&roomy[r.end..slot.end]).all(|&b| b == 0));
+            at = slot.end;
+        }
+        assert_eq!(at, roomy.len());
     }
     if let (Ok(None), Ok(mut hdr)) = (&ours, VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN])) {
         let mut input = data[VIRTIO_NET_HDR_LEN..].to_vec();
@@ -67,7 +81,8 @@ fuzz_target!(|data: &[u8]| {
     for (w, bytes) in to_write.iter().zip(&writes) {
         if w.count > 1 {
             let mut read = bytes.clone();
-            let got = split(&mut read, &mut arena, &mut segs);
+            arena.clear();
+            let got = split(&mut read, &mut arena, &mut segs, Room::default());
             assert_eq!(got, Ok(None), "a coalesced packet must split");
             assert_eq!(segs.len(), w.count, "into as many segments as went in");
         }

@@ -26,8 +26,17 @@ pub fn parallel_crypto() -> bool {
     })
 }
 
-/// A data message laid out in the arena, waiting to be sealed outside the device lock.
+/// Where a datagram lies: in the batch's own bytes, or in the TUN reader's segment arena,
+/// where a segment was cut with room around it to be sealed in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Buf {
+    Own,
+    Arena,
+}
+
+/// A data message laid out in a buffer, waiting to be sealed outside the device lock.
 struct Unsealed {
+    buf: Buf,
     start: usize,
     key: Arc<Aead>,
     receiver: u32,
@@ -38,7 +47,7 @@ struct Unsealed {
 #[derive(Default)]
 pub struct Batch {
     bytes: Vec<u8>,
-    sends: Vec<(SocketAddr, Range<usize>)>,
+    sends: Vec<(SocketAddr, Buf, Range<usize>)>,
     /// Packets for the TUN, each behind the virtio header's headroom: written (and coalesced)
     /// from here, with no second copy. Reused; `delivered` of them are live.
     tun: Vec<Vec<u8>>,
@@ -50,7 +59,7 @@ impl Output for Batch {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
-        self.sends.push((to, start..self.bytes.len()));
+        self.sends.push((to, Buf::Own, start..self.bytes.len()));
     }
     fn deliver(&mut self, packet: &[u8]) {
         if self.tun.len() == self.delivered {
@@ -63,31 +72,40 @@ impl Output for Batch {
         self.delivered += 1;
     }
     fn send_data(&mut self, to: SocketAddr, job: SealJob<'_>) {
+        let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&[0u8; DATA_HEADER_LEN]);
         self.bytes.extend_from_slice(job.plaintext);
         // Zero padding, then room for the tag.
         self.bytes.resize(start + DATA_OVERHEAD + job.padded, 0);
-        self.sends.push((to, start..self.bytes.len()));
-        let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
-        self.unsealed.push(Unsealed { start, key, receiver, counter, padded });
+        self.sends.push((to, Buf::Own, start..self.bytes.len()));
+        self.unsealed.push(Unsealed { buf: Buf::Own, start, key, receiver, counter, padded });
     }
 }
 
 impl Batch {
+    /// A data message whose plaintext already lies in the TUN reader's arena, in `slot` of it
+    /// (header room, plaintext, zero padding, tag room): sealed there, not copied.
+    pub fn send_data_in_arena(&mut self, to: SocketAddr, slot: Range<usize>, job: SealJob<'_>) {
+        debug_assert_eq!(slot.len(), DATA_OVERHEAD + job.padded);
+        let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
+        self.unsealed.push(Unsealed { buf: Buf::Arena, start: slot.start, key, receiver, counter, padded });
+        self.sends.push((to, Buf::Arena, slot));
+    }
     /// Seals every data message the core numbered; call after releasing the device lock.
     /// Counters are already fixed and the datagrams keep their order in the arena, so the
     /// sealing itself may run on every core (the kernel's scheme).
-    pub fn seal_pending(&mut self) {
-        let mut rest = &mut self.bytes[..];
-        let mut at = 0;
+    pub fn seal_pending(&mut self, arena: &mut [u8]) {
+        // Each buffer is walked once: its messages are in order in it.
+        let (mut own, mut arena) = ((&mut self.bytes[..], 0), (arena, 0));
         let mut work: Vec<(&mut [u8], &Unsealed)> = Vec::with_capacity(self.unsealed.len());
         for u in &self.unsealed {
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(u.start - at);
+            let (rest, at) = if u.buf == Buf::Own { &mut own } else { &mut arena };
+            let (_, tail) = std::mem::take(rest).split_at_mut(u.start - *at);
             let (msg, tail) = tail.split_at_mut(DATA_OVERHEAD + u.padded);
             work.push((msg, u));
-            rest = tail;
-            at = u.start + DATA_OVERHEAD + u.padded;
+            *rest = tail;
+            *at = u.start + DATA_OVERHEAD + u.padded;
         }
         let seal = |(buf, u): &mut (&mut [u8], &Unsealed)| {
             seal_data(&u.key, u.receiver, u.counter, buf, u.padded);
@@ -102,20 +120,19 @@ impl Batch {
         drop(work);
         self.unsealed.clear();
     }
-    pub fn sends(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.sends.iter().map(|(a, r)| (*a, &self.bytes[r.clone()]))
-    }
     /// Runs of consecutive datagrams to one destination with one size (the last may be
-    /// shorter), adjacent in the arena: each run is one UDP GSO send of `segment` bytes each.
-    pub fn send_runs(&self, max_segments: usize, max_bytes: usize) -> impl Iterator<Item = (SocketAddr, &[u8], usize)> {
+    /// shorter), adjacent in one buffer (ours or `arena`): each run is one UDP GSO send of
+    /// `segment` bytes each.
+    pub fn send_runs<'a>(&'a self, arena: &'a [u8], max_segments: usize, max_bytes: usize) -> impl Iterator<Item = (SocketAddr, &'a [u8], usize)> {
         let mut i = 0;
         std::iter::from_fn(move || {
-            let (to, first) = self.sends.get(i)?.clone();
+            let (to, buf, first) = self.sends.get(i)?.clone();
             let seg = first.len();
             let (mut end, mut n) = (first.end, 1);
             i += 1;
-            while let Some((t, r)) = self.sends.get(i) {
+            while let Some((t, b, r)) = self.sends.get(i) {
                 let fits = *t == to
+                    && *b == buf
                     && r.start == end
                     && r.len() <= seg
                     && n < max_segments
@@ -131,7 +148,8 @@ impl Batch {
                     break;
                 }
             }
-            Some((to, &self.bytes[first.start..end], seg))
+            let bytes = if buf == Buf::Own { &self.bytes[..] } else { arena };
+            Some((to, &bytes[first.start..end], seg))
         })
     }
     pub fn delivers(&self) -> impl Iterator<Item = &[u8]> {
@@ -166,15 +184,15 @@ mod tests {
         batch.deliver(&[1, 2, 3]);
         batch.send(a, &[9; 100]);
         batch.send(a, &[9; 100]);
-        let runs: Vec<_> = batch.send_runs(64, 65000).map(|(to, d, seg)| (to, d.len(), seg)).collect();
+        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, d, seg)| (to, d.len(), seg)).collect();
         assert_eq!(
             runs,
             vec![(a, 260, 100), (a, 100, 100), (b, 200, 100), (a, 300, 100)],
             "a shorter datagram ends a run, a destination change splits, deliveries do not"
         );
         // Segment and byte limits split long runs.
-        assert_eq!(batch.send_runs(2, 65000).count(), 6);
-        assert_eq!(batch.send_runs(64, 150).count(), 9, "every datagram alone");
+        assert_eq!(batch.send_runs(&[], 2, 65000).count(), 6);
+        assert_eq!(batch.send_runs(&[], 64, 150).count(), 9, "every datagram alone");
         assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&[1u8, 2, 3][..]]);
         // TUN packets carry zeroed room for the virtio header, and are reused after clear().
         assert_eq!(batch.tun_packets()[0], [&[0u8; TUN_OFFSET][..], &[1, 2, 3]].concat());

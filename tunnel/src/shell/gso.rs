@@ -93,11 +93,31 @@ fn finish_checksum(acc: u64, udp: bool) -> u16 {
     }
 }
 
+/// Room left around each segment in the arena, so that it can be sealed where it lies:
+/// `head` bytes before it, then after it zeros up to its padded length (WireGuard's padding
+/// for `mtu`, none without) and `tail` bytes more. The default packs segments back to back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Room {
+    pub head: usize,
+    pub tail: usize,
+    pub mtu: Option<usize>,
+}
+
+impl Room {
+    fn padded(&self, len: usize) -> usize {
+        self.mtu.map_or(len, |mtu| crate::device::padded_len(len, mtu))
+    }
+    /// The whole slot of a segment `split` placed at `seg`.
+    pub fn slot(&self, seg: &Range<usize>) -> Range<usize> {
+        seg.start - self.head..seg.start + self.padded(seg.len()) + self.tail
+    }
+}
+
 /// Splits one TUN read (`read` starts with the virtio header). Returns the range of `read`
 /// holding a lone packet, its checksum completed in place, or `None` with the segments of a
-/// super-packet listed in `segs` as ranges of `arena` (both cleared first).
-pub fn split(read: &mut [u8], arena: &mut Vec<u8>, segs: &mut Vec<Range<usize>>) -> Result<Option<Range<usize>>, SplitError> {
-    arena.clear();
+/// super-packet appended to `arena` (laid out as `room` says) and listed in `segs` (cleared
+/// first) as ranges of it.
+pub fn split(read: &mut [u8], arena: &mut Vec<u8>, segs: &mut Vec<Range<usize>>, room: Room) -> Result<Option<Range<usize>>, SplitError> {
     segs.clear();
     if read.len() <= HDR {
         return Err(SplitError::Short(read.len()));
@@ -173,9 +193,10 @@ pub fn split(read: &mut [u8], arena: &mut Vec<u8>, segs: &mut Vec<Range<usize>>)
     if count > MAX_SEGMENTS {
         return Err(SplitError::Malformed("too many segments"));
     }
-    arena.reserve(count * hl + payload);
+    arena.reserve(count * (room.head + hl + 16 + room.tail) + payload);
     for (i, chunk) in pkt[hl..].chunks(gso_size).enumerate() {
-        let start = arena.len();
+        let start = arena.len() + room.head;
+        arena.resize(start, 0);
         arena.extend_from_slice(&pkt[..hl]);
         arena.extend_from_slice(chunk);
         let s = &mut arena[start..];
@@ -205,6 +226,7 @@ pub fn split(read: &mut [u8], arena: &mut Vec<u8>, segs: &mut Vec<Range<usize>>)
         let c = finish_checksum(addr_sum + proto + (len - cs) as u64 + u64::from(sum(&s[cs..])), !tcp);
         put16(s, csum_at, c);
         segs.push(start..start + len);
+        arena.resize(room.slot(&(start..start + len)).end, 0);
     }
     Ok(None)
 }
@@ -242,23 +264,23 @@ mod tests {
     #[test]
     fn short_and_unknown_reads_are_refused() {
         let (mut arena, mut segs) = (Vec::new(), Vec::new());
-        assert_eq!(split(&mut [0u8; HDR], &mut arena, &mut segs), Err(SplitError::Short(HDR)));
+        assert_eq!(split(&mut [0u8; HDR], &mut arena, &mut segs, Room::default()), Err(SplitError::Short(HDR)));
         let mut read = [0u8; 64];
         read[1] = 3;
-        assert_eq!(split(&mut read, &mut arena, &mut segs), Err(SplitError::GsoType(3)));
+        assert_eq!(split(&mut read, &mut arena, &mut segs, Room::default()), Err(SplitError::GsoType(3)));
         // A partial checksum whose field lies beyond the packet.
         let mut read = [0u8; HDR + 20];
         read[0] = F_NEEDS_CSUM;
         read[6] = 20;
         read[8] = 16;
-        assert!(matches!(split(&mut read, &mut arena, &mut segs), Err(SplitError::Malformed(_))));
+        assert!(matches!(split(&mut read, &mut arena, &mut segs, Room::default()), Err(SplitError::Malformed(_))));
         // UDP GSO with 1-byte segments: refused, not 2,000 segments in the arena.
         let mut read = vec![0u8; HDR + 28 + 2000];
         read[..10].copy_from_slice(&[F_NEEDS_CSUM, GSO_UDP_L4, 28, 0, 1, 0, 20, 0, 6, 0]);
         read[HDR] = 0x45;
-        assert_eq!(split(&mut read, &mut arena, &mut segs), Err(SplitError::Malformed("too many segments")));
+        assert_eq!(split(&mut read, &mut arena, &mut segs, Room::default()), Err(SplitError::Malformed("too many segments")));
         read[4] = 100; // 20 segments of 100 bytes
-        assert_eq!(split(&mut read, &mut arena, &mut segs), Ok(None));
+        assert_eq!(split(&mut read, &mut arena, &mut segs, Room::default()), Ok(None));
         assert_eq!(segs.len(), 20);
     }
 }

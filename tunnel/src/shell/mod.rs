@@ -7,7 +7,9 @@ pub mod gro;
 pub mod gso;
 pub mod ipc;
 
+use crate::crypto::TAG_LEN;
 use crate::device::{Clock, Device};
+use crate::messages::DATA_HEADER_LEN;
 use crate::uapi::{self, UapiError};
 use batch::Batch;
 use bind::Bind;
@@ -57,21 +59,26 @@ struct State {
 struct TunReader {
     /// One read: the virtio header and a packet or a GSO super-packet of up to 64 KiB.
     read: Vec<u8>,
-    /// The segments a super-packet was cut into, back to back.
+    /// The segments the super-packets of one round were cut into, each in a slot with room
+    /// to be sealed in place.
     arena: Vec<u8>,
     segs: Vec<std::ops::Range<usize>>,
     batch: Batch,
     out: TunWriter,
+    /// The device's MTU at the last read, for the segments' padding.
+    mtu: Option<usize>,
 }
 
 impl Default for TunReader {
     fn default() -> Self {
         Self {
             read: vec![0u8; TUN_OFFSET + 65536],
-            arena: Vec::with_capacity(2 * 65536),
+            // A round's segments (up to BATCH plus one read's) with their room; grown once if not.
+            arena: Vec::with_capacity(4 * 65536),
             segs: Vec::with_capacity(64),
             batch: Batch::default(),
             out: TunWriter::default(),
+            mtu: None,
         }
     }
 }
@@ -210,16 +217,16 @@ impl Engine {
     }
 
     /// Sends and writes what the core produced, outside the device lock.
-    fn flush(&self, batch: &mut Batch, out: &mut TunWriter) {
+    fn flush(&self, batch: &mut Batch, arena: &mut [u8], out: &mut TunWriter) {
         if batch.is_empty() {
             return;
         }
-        batch.seal_pending();
+        batch.seal_pending(arena);
         out.write(&self.tun, batch.tun_packets());
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(bind) = bind {
             let segs = bind.v4.as_ref().map_or(1, |s| s.max_gso_segments()).max(1);
-            for (to, d, seg) in batch.send_runs(segs, GSO_MAX_BYTES) {
+            for (to, d, seg) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
                 let Some(s) = bind.socket_for(to) else { continue };
                 let src = self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
                 let mut sent = s.send(to, d, seg, src);
@@ -288,7 +295,11 @@ impl Engine {
 
     /// Reads what the TUN holds (non-blocking), seals it and sends it; returns the bytes read.
     fn read_tun(&self, r: &mut TunReader) -> usize {
-        let TunReader { read, arena, segs, batch, out } = r;
+        let TunReader { read, arena, segs, batch, out, mtu } = r;
+        // Segments are cut with room to be sealed where they lie (padded for the MTU the
+        // device had at the last read: if it changed, the core's padding differs and the
+        // segment is copied instead).
+        let room = gso::Room { head: DATA_HEADER_LEN, tail: TAG_LEN, mtu: *mtu };
         // Without offloads there is no virtio header: read behind the same room.
         let skip = if self.tun.tcp_gso() { 0 } else { TUN_OFFSET };
         let (mut bytes, mut packets) = (0, 0);
@@ -308,7 +319,7 @@ impl Engine {
             let lone = if skip > 0 {
                 Some(TUN_OFFSET..len)
             } else {
-                match gso::split(&mut read[..len], arena, segs) {
+                match gso::split(&mut read[..len], arena, segs, room) {
                     Ok(lone) => lone,
                     Err(e) => {
                         tracing::debug!(error = %e, "TUN read dropped");
@@ -325,15 +336,18 @@ impl Engine {
                 }
                 None => {
                     for s in segs.iter() {
-                        st.dev.handle_tun(&arena[s.clone()], clock, batch);
+                        let packet = &arena[s.clone()];
+                        st.dev.handle_tun(packet, clock, &mut SealInPlace::new(batch, packet, room.slot(s)));
                     }
                     packets += segs.len();
                 }
             }
+            *mtu = Some(st.dev.mtu());
             drop(st);
             bytes += len - TUN_OFFSET;
         }
-        self.flush(batch, out);
+        self.flush(batch, arena, out);
+        arena.clear();
         bytes
     }
 
@@ -448,7 +462,7 @@ impl Engine {
             carve(&mut bufs, places.iter().copied(), |p| pkts.push(p));
             out.write(&self.tun, &mut pkts);
             drop(pkts);
-            self.flush(&mut batch, &mut out);
+            self.flush(&mut batch, &mut [], &mut out);
             if (1..=INLINE_TUN_READ_MAX).contains(&written) {
                 self.read_tun_inline();
             }
@@ -483,7 +497,7 @@ impl Engine {
                 st.dev.poll(clock, &mut batch);
                 st.dev.next_deadline()
             };
-            self.flush(&mut batch, &mut out);
+            self.flush(&mut batch, &mut [], &mut out);
             let wait = next.map_or(TICK, |d| d.saturating_sub(clock.mono).min(TICK));
             std::thread::sleep(wait.max(Duration::from_millis(1)));
         }
@@ -519,7 +533,7 @@ impl Engine {
                 tracing::info!(interface = %self.name, up, "link state");
             }
             drop(st);
-            self.flush(&mut batch, &mut out);
+            self.flush(&mut batch, &mut [], &mut out);
             std::thread::sleep(TICK);
         }
     }
@@ -589,7 +603,7 @@ impl Engine {
         }
         let applied = uapi::apply(&mut st.dev, req, clock, &mut batch);
         drop(st);
-        self.flush(&mut batch, &mut TunWriter::default());
+        self.flush(&mut batch, &mut [], &mut TunWriter::default());
         match applied {
             Ok(()) => 0,
             Err(e) => {
@@ -681,6 +695,41 @@ impl crate::device::Output for InPlace<'_> {
         } else {
             self.batch.deliver(packet);
         }
+    }
+}
+
+/// The output `handle_tun` writes into for a segment cut with room around it: if the core
+/// seals exactly that segment, with the padding the slot has, it is sealed where it lies;
+/// anything else (staged packets, another MTU) goes to the batch as usual.
+struct SealInPlace<'a> {
+    batch: &'a mut Batch,
+    /// Address and length of the segment.
+    segment: (usize, usize),
+    slot: Option<std::ops::Range<usize>>,
+}
+
+impl<'a> SealInPlace<'a> {
+    fn new(batch: &'a mut Batch, segment: &[u8], slot: std::ops::Range<usize>) -> Self {
+        Self { batch, segment: (segment.as_ptr() as usize, segment.len()), slot: Some(slot) }
+    }
+}
+
+impl crate::device::Output for SealInPlace<'_> {
+    fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.batch.send(to, datagram);
+    }
+    fn send_data(&mut self, to: SocketAddr, job: crate::device::SealJob<'_>) {
+        let exact = |slot: &mut std::ops::Range<usize>| {
+            self.segment == (job.plaintext.as_ptr() as usize, job.plaintext.len())
+                && slot.len() == crate::messages::DATA_OVERHEAD + job.padded
+        };
+        match self.slot.take_if(exact) {
+            Some(slot) => self.batch.send_data_in_arena(to, slot, job),
+            None => self.batch.send_data(to, job),
+        }
+    }
+    fn deliver(&mut self, packet: &[u8]) {
+        self.batch.deliver(packet);
     }
 }
 
@@ -784,5 +833,39 @@ mod tests {
         sink.deliver(&[1, 2, 3]);
         assert_eq!(sink.at, None);
         assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&datagram[4..20], &[1u8, 2, 3][..]]);
+    }
+
+    #[test]
+    fn a_segment_with_room_is_sealed_where_it_lies_into_the_same_datagram() {
+        let to: SocketAddr = "10.0.0.1:51820".parse().unwrap();
+        let key = std::sync::Arc::new(crate::crypto::cipher(&[7; 32]));
+        let (plain, padded) = (vec![0x45u8; 1000], 1008);
+        fn job<'a>(key: &'a std::sync::Arc<crate::crypto::Aead>, p: &'a [u8], padded: usize) -> crate::device::SealJob<'a> {
+            crate::device::SealJob { key, receiver: 9, counter: 3, plaintext: p, padded }
+        }
+        // The copy path: plaintext from anywhere.
+        let mut copied = Batch::default();
+        copied.send_data(to, job(&key, &plain, padded));
+        copied.seal_pending(&mut []);
+        let expected: Vec<u8> = copied.send_runs(&[], 64, 65000).flat_map(|(_, d, _)| d.to_vec()).collect();
+        // The in-place path: a slot of header room, the segment, zero padding and tag room.
+        let mut arena = [vec![0xaa; 5], vec![0; 16], plain.clone(), vec![0; 8 + 16]].concat();
+        let seg = 21..1021;
+        let mut batch = Batch::default();
+        let mut out = SealInPlace::new(&mut batch, &arena[seg.clone()], 5..1045);
+        out.send_data(to, job(&key, &arena[seg.clone()], padded));
+        assert!(out.slot.is_none(), "taken");
+        assert_eq!(batch.send_runs(&arena, 64, 65000).map(|(_, d, _)| d.as_ptr()).next(), Some(arena[5..].as_ptr()), "nothing copied");
+        batch.seal_pending(&mut arena);
+        let runs: Vec<_> = batch.send_runs(&arena, 64, 65000).map(|(t, d, n)| (t, d.to_vec(), n)).collect();
+        assert_eq!(runs, vec![(to, expected.clone(), expected.len())], "the same datagram, sent from the arena");
+        // A slot that does not fit the padding the core chose, or another packet: copied.
+        let arena = [vec![0; 16], plain.clone(), vec![0; 8 + 16]].concat();
+        for (slot, p) in [(0..1039, &arena[16..1016]), (0..1040, &plain[..])] {
+            let mut batch = Batch::default();
+            SealInPlace::new(&mut batch, &arena[16..1016], slot).send_data(to, job(&key, p, padded));
+            let sent: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(_, d, _)| d.len()).collect();
+            assert_eq!(sent, vec![expected.len()], "copied into the batch");
+        }
     }
 }
