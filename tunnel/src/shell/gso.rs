@@ -239,7 +239,8 @@ mod tests {
     fn sum_matches_the_byte_pair_definition() {
         let data: Vec<u8> = (0..1001u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         // Every width this CPU can run, not only the one `sum` picks.
-        let mut widths: Vec<(&str, fn(&[u8]) -> u64)> = vec![("scalar", words)];
+        type Width = (&'static str, fn(&[u8]) -> u64);
+        let mut widths: Vec<Width> = vec![("scalar", words)];
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
