@@ -436,7 +436,7 @@ impl Engine {
                 let outcome = match job {
                     None => st.dev.handle_udp(from, d, clock, &mut batch),
                     Some(Ok(j)) => {
-                        let mut sink = InPlace::new(&mut batch, d);
+                        let mut sink = DeliverInPlace::new(&mut batch, d);
                         let outcome = st.dev.finish_data(from, j, d, clock, &mut sink);
                         if let Some((at, n)) = sink.at {
                             places.push((i, o + at - TUN_OFFSET, o + at + n));
@@ -665,7 +665,7 @@ fn carve<'a>(bufs: &'a mut [Vec<u8>], ranges: impl Iterator<Item = (usize, usize
 
 /// The output `finish_data` writes into: a delivered packet that lies inside its datagram
 /// (where it was opened) is only located, everything else goes to the batch.
-struct InPlace<'a> {
+struct DeliverInPlace<'a> {
     batch: &'a mut Batch,
     /// Address and length of the datagram.
     datagram: (usize, usize),
@@ -673,13 +673,13 @@ struct InPlace<'a> {
     at: Option<(usize, usize)>,
 }
 
-impl<'a> InPlace<'a> {
+impl<'a> DeliverInPlace<'a> {
     fn new(batch: &'a mut Batch, datagram: &[u8]) -> Self {
         Self { batch, datagram: (datagram.as_ptr() as usize, datagram.len()), at: None }
     }
 }
 
-impl crate::device::Output for InPlace<'_> {
+impl crate::device::Output for DeliverInPlace<'_> {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.batch.send(to, datagram);
     }
@@ -824,11 +824,11 @@ mod tests {
     fn a_packet_inside_its_datagram_is_located_anything_else_copied() {
         let datagram = vec![7u8; 100];
         let mut batch = Batch::default();
-        let mut sink = InPlace::new(&mut batch, &datagram);
+        let mut sink = DeliverInPlace::new(&mut batch, &datagram);
         sink.deliver(&datagram[16..80]);
         assert_eq!(sink.at, Some((16, 64)));
         // Without room for the virtio header in front, or from elsewhere: copied.
-        let mut sink = InPlace::new(&mut batch, &datagram);
+        let mut sink = DeliverInPlace::new(&mut batch, &datagram);
         sink.deliver(&datagram[4..20]);
         sink.deliver(&[1, 2, 3]);
         assert_eq!(sink.at, None);
