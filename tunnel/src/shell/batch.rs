@@ -72,14 +72,12 @@ impl Output for Batch {
         self.delivered += 1;
     }
     fn send_data(&mut self, to: SocketAddr, job: SealJob<'_>) {
-        let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&[0u8; DATA_HEADER_LEN]);
         self.bytes.extend_from_slice(job.plaintext);
         // Zero padding, then room for the tag.
         self.bytes.resize(start + DATA_OVERHEAD + job.padded, 0);
-        self.sends.push((to, Buf::Own, start..self.bytes.len()));
-        self.unsealed.push(Unsealed { buf: Buf::Own, start, key, receiver, counter, padded });
+        self.queue(to, Buf::Own, start..self.bytes.len(), &job);
     }
 }
 
@@ -88,9 +86,13 @@ impl Batch {
     /// (header room, plaintext, zero padding, tag room): sealed there, not copied.
     pub fn send_data_in_arena(&mut self, to: SocketAddr, slot: Range<usize>, job: SealJob<'_>) {
         debug_assert_eq!(slot.len(), DATA_OVERHEAD + job.padded);
+        self.queue(to, Buf::Arena, slot, &job);
+    }
+    /// Records a data message laid out at `at` in `buf`, to be sealed and then sent.
+    fn queue(&mut self, to: SocketAddr, buf: Buf, at: Range<usize>, job: &SealJob<'_>) {
         let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
-        self.unsealed.push(Unsealed { buf: Buf::Arena, start: slot.start, key, receiver, counter, padded });
-        self.sends.push((to, Buf::Arena, slot));
+        self.unsealed.push(Unsealed { buf, start: at.start, key, receiver, counter, padded });
+        self.sends.push((to, buf, at));
     }
     /// Seals every data message the core numbered; call after releasing the device lock.
     /// Counters are already fixed and the datagrams keep their order in the arena, so the
