@@ -186,11 +186,7 @@ unsafe fn poly_key(block0: __m512i) -> [u8; 32] {
 #[target_feature(enable = "avx512f,avx512vl,avx512bw")]
 pub unsafe fn apply(st: &State, data: &mut [u8], check: impl FnOnce(&[u8; 32], &[u8]) -> bool) -> bool {
     // Block 0 is the Poly1305 key, so the first batch holds one text block fewer.
-    let (ok, batch) = match 1 + data.len().div_ceil(64) {
-        ..=4 => (first(blocks_h::<1>(st, 0).as_flattened_mut(), data, check), 4),
-        5..=8 => (first(blocks_h::<2>(st, 0).as_flattened_mut(), data, check), 8),
-        _ => (first(&mut blocks16(st, 0), data, check), 16),
-    };
+    let (ok, batch) = with_batch(st, 0, 1 + data.len().div_ceil(64), |ks| (first(ks, data, check), ks.len()));
     if !ok {
         return false;
     }
@@ -199,14 +195,20 @@ pub unsafe fn apply(st: &State, data: &mut [u8], check: impl FnOnce(&[u8; 32], &
     // pass through this buffer anyway; the first batch is, as it holds the Poly1305 key.
     while done < data.len() {
         let ctr = (1 + done / 64) as u32;
-        let batch = match (data.len() - done).div_ceil(64) {
-            ..=4 => xor_into(blocks_h::<1>(st, ctr).as_flattened(), data, done),
-            5..=8 => xor_into(blocks_h::<2>(st, ctr).as_flattened(), data, done),
-            _ => xor_into(&blocks16(st, ctr), data, done),
-        };
-        done += batch * 64;
+        done += 64 * with_batch(st, ctr, (data.len() - done).div_ceil(64), |ks| xor_into(ks, data, done));
     }
     true
+}
+
+/// Hands `f` the keystream batch from block `ctr` on that best fits `blocks` more blocks:
+/// 4 or 8 horizontal ones, or 16 vertical ones.
+#[inline(always)]
+unsafe fn with_batch<R>(st: &State, ctr: u32, blocks: usize, f: impl FnOnce(&mut [__m512i]) -> R) -> R {
+    match blocks {
+        ..=4 => f(blocks_h::<1>(st, ctr).as_flattened_mut()),
+        5..=8 => f(blocks_h::<2>(st, ctr).as_flattened_mut()),
+        _ => f(&mut blocks16(st, ctr)),
+    }
 }
 
 /// The first batch: block 0 goes to `check`, and only if it accepts do blocks 1.. meet the text.
