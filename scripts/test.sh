@@ -15,7 +15,7 @@ if [ "$fuzz_seconds" != 0 ]; then
     exit 1
   fi
   # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets this stable toolchain use them.
-  for spec in tunnel:message_parser tunnel:receive_path tunnel:uapi_parser tunnel:offload tunnel:aead cni:config_parser; do
+  for spec in tunnel:message_parser tunnel:receive_path tunnel:uapi_parser tunnel:offload tunnel:aead cni:config_parser api:mesh_build; do
     crate="${spec%%:*}" target="${spec#*:}"
     echo "-- $crate/$target"
     dict=() && [ -f "$crate/fuzz/$target.dict" ] && dict=(-dict="$target.dict")

@@ -279,7 +279,18 @@ impl Mesh {
 
         // the pod network: bigger prefixes first, so a contained one is safely skipped
         let mut reserved = Claims::default();
-        reserved_cidrs.sort_by_key(|(c, _)| (c.prefix(), *c));
+        // a prefix reserved twice goes to the cluster, then to the node first by name: which
+        // owner a conflict names must not depend on the order the Nodes were listed in
+        let owner_rank = |o: &Owner| match o {
+            Owner::Cluster => (0, ""),
+            Owner::PodCidr(i) => (1, node_names.get(*i).map_or("", String::as_str)),
+            Owner::Member(_) => (2, ""),
+        };
+        reserved_cidrs.sort_by(|(a, oa), (b, ob)| {
+            (a.prefix(), *a)
+                .cmp(&(b.prefix(), *b))
+                .then_with(|| owner_rank(oa).cmp(&owner_rank(ob)))
+        });
         for (c, owner) in reserved_cidrs {
             if reserved.find(&c).is_none() {
                 reserved.insert(c, owner);

@@ -408,3 +408,21 @@ fn output_is_deterministic_and_sorted() {
         assert_eq!(c, p.allowed_ips);
     }
 }
+
+#[test]
+fn a_pod_cidr_two_nodes_claim_is_reported_the_same_whatever_the_list_order() {
+    // Found by the api/fuzz mesh_build target: the conflict named whichever Node came first
+    // in the list, so a relist could flip the peer's status message back and forth.
+    let a = node("a", Some(&key(1)), "192.168.0.1", &["10.244.0.0/24"]);
+    let b = node("b", Some(&key(2)), "192.168.0.2", &["10.244.0.0/24"]);
+    let office = external("office", &key(3), None, &["10.244.0.0/16"], 1);
+    let cfg = MeshConfig::default();
+    let message = |nodes: &[&k8s_openapi::api::core::v1::Node]| {
+        let mesh = Mesh::build(nodes.iter().copied(), [&office], &cfg);
+        let m = mesh.member("office").expect("office is a member");
+        m.verdict.clone().expect_err("office overlaps the pod network").message
+    };
+    let (ab, ba) = (message(&[&a, &b]), message(&[&b, &a]));
+    assert_eq!(ab, ba);
+    assert!(ab.contains("of node a"), "{ab}");
+}
