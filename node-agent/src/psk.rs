@@ -172,6 +172,37 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        // Secret values are written by users: any bytes are refused or accepted without a
+        // panic, and only the canonical base64 text of a key (plus surrounding whitespace) is
+        // accepted, as that key.
+        #[test]
+        fn any_value_is_refused_or_is_the_text_of_the_key(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            if let Ok(k) = parse_psk(&value) {
+                let canonical = STANDARD.encode(*k.0);
+                proptest::prop_assert_eq!(canonical.as_bytes(), value.trim_ascii());
+            }
+        }
+
+        #[test]
+        fn a_changed_character_is_refused_or_is_another_key(key in proptest::prelude::any::<[u8; 32]>(), at in 0usize..44, c in "[A-Za-z0-9+/=]") {
+            // Base64 has several texts for some byte strings (the unused low bits of the last
+            // character); only the canonical one may be accepted.
+            let mut text = STANDARD.encode(key).into_bytes();
+            text[at] = c.as_bytes()[0];
+            if let Ok(k) = parse_psk(&text) {
+                proptest::prop_assert_eq!(STANDARD.encode(*k.0).into_bytes(), text);
+            }
+        }
+
+        #[test]
+        fn every_nonzero_key_is_read_back(key in proptest::prelude::any::<[u8; 32]>(), pad in "[ \t\r\n]{0,3}") {
+            proptest::prop_assume!(key.iter().any(|b| *b != 0));
+            let text = format!("{pad}{}{pad}", STANDARD.encode(key));
+            proptest::prop_assert_eq!(parse_psk(text.as_bytes()).map(|k| *k.0), Ok(key));
+        }
+    }
+
     #[test]
     fn errors_never_carry_the_value() {
         let bad = b"c2VjcmV0c2VjcmV0";

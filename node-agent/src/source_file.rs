@@ -182,6 +182,25 @@ mod tests {
     }
 
     #[test]
+    fn hostile_yaml_is_refused_not_expanded() {
+        // A file that nests without end, or multiplies aliases ("billion laughs"), fails as a
+        // file with serde_yaml's limits instead of exhausting the agent's stack or memory.
+        let deep = "[".repeat(100_000);
+        let e = parse_documents(&deep).expect_err("too deep");
+        assert!(e.contains("recursion limit"), "{e}");
+        let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for c in b'b'..=b'j' {
+            let (p, c) = ((c - 1) as char, c as char);
+            laughs.push_str(&format!(
+                "{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            ));
+        }
+        laughs.push_str("kind: WireGuardPeer\n");
+        let e = parse_documents(&laughs).expect_err("alias bomb");
+        assert!(e.contains("repetition limit"), "{e}");
+    }
+
+    #[test]
     fn notices_changes_and_keeps_the_last_good_version_of_a_broken_file() {
         let d = tempfile::tempdir().expect("tempdir");
         let mut src = FileSource::new(d.path());
