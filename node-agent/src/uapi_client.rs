@@ -92,10 +92,18 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
     let finish = |p: Option<PeerState>, sec: u64, nsec: u32, dev: &mut DeviceState| {
         if let Some(mut p) = p {
             if sec != 0 || nsec != 0 {
-                p.last_handshake = Some(UNIX_EPOCH + Duration::new(sec, nsec));
+                // a time SystemTime cannot hold is a broken reply, not a reason to panic
+                let at = (nsec < 1_000_000_000)
+                    .then(|| UNIX_EPOCH.checked_add(Duration::new(sec, nsec)))
+                    .flatten()
+                    .ok_or_else(|| {
+                        UapiError::Malformed("last_handshake_time out of range".into())
+                    })?;
+                p.last_handshake = Some(at);
             }
             dev.peers.insert(p.public_key, p);
         }
+        Ok::<(), UapiError>(())
     };
     let bad = |k: &str, v: &str| {
         // values may be keys: show only the key name and the length
@@ -117,7 +125,7 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             "listen_port" => dev.listen_port = v.parse().map_err(|_| bad(k, v))?,
             "fwmark" => dev.fwmark = v.parse().map_err(|_| bad(k, v))?,
             "public_key" => {
-                finish(current.take(), hs_sec, hs_nsec, &mut dev);
+                finish(current.take(), hs_sec, hs_nsec, &mut dev)?;
                 hs_sec = 0;
                 hs_nsec = 0;
                 let raw = hex32(v).ok_or_else(|| bad(k, v))?;
@@ -159,7 +167,7 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             }
         }
     }
-    finish(current, hs_sec, hs_nsec, &mut dev);
+    finish(current, hs_sec, hs_nsec, &mut dev)?;
     for p in dev.peers.values_mut() {
         p.allowed_ips.sort();
     }
@@ -309,5 +317,54 @@ mod tests {
             .expect_err("bad key")
             .to_string();
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_handshake_time_out_of_range_is_an_error_not_a_panic() {
+        // SystemTime cannot hold u64::MAX seconds, and nanoseconds stop below 10^9.
+        for (sec, nsec) in [
+            (u64::MAX, 0u64),
+            (1, 1_000_000_000),
+            (u64::MAX, u64::from(u32::MAX)),
+        ] {
+            let text = format!(
+                "public_key={PK_A}\nlast_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\nerrno=0\n\n"
+            );
+            assert!(
+                matches!(parse_get(&text), Err(UapiError::Malformed(_))),
+                "{sec}.{nsec}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        // The engine on the socket may be another implementation, or a broken one: any reply
+        // is parsed or refused, never a panic. Values are typical, extreme or anything.
+        #[test]
+        fn any_reply_is_parsed_or_refused(lines in proptest::collection::vec((0usize..13, 0usize..4, "\\PC{0,40}"), 0..12)) {
+            const KEYS: [&str; 13] = ["private_key", "listen_port", "fwmark", "public_key",
+                "preshared_key", "endpoint", "last_handshake_time_sec", "last_handshake_time_nsec",
+                "tx_bytes", "rx_bytes", "persistent_keepalive_interval", "allowed_ip", "protocol_version"];
+            let mut text = format!("public_key={PK_A}\n");
+            for (k, choice, junk) in &lines {
+                let key = KEYS[*k];
+                let hex = key.ends_with("_key");
+                let value = match (choice, hex, key) {
+                    (0, true, _) => "ab".repeat(32),
+                    (0, _, "endpoint") => "[::1]:1".into(),
+                    (0, _, "allowed_ip") => "10.0.0.0/8".into(),
+                    (0, ..) => "5".into(),
+                    (1, true, _) => "0".repeat(64),
+                    (1, _, "allowed_ip") => "::/0".into(),
+                    (1, _, "last_handshake_time_nsec") => "4294967295".into(),
+                    (1, ..) => "18446744073709551615".into(),
+                    (2, ..) => "0".into(),
+                    _ => junk.clone(),
+                };
+                text.push_str(&format!("{key}={value}\n"));
+            }
+            let _ = parse_get(&text);
+        }
     }
 }
