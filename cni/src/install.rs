@@ -490,6 +490,21 @@ fn find_primary(conf_dir: &Path) -> Result<Option<Primary>, InstallError> {
                 .and_then(Value::as_str)
                 .is_some_and(|t| !t.is_empty()),
         };
+        // A config that would run wgmesh-cni behind nothing fails every pod: say so.
+        let alone = match kind {
+            Kind::List => value
+                .get("plugins")
+                .and_then(Value::as_array)
+                .is_some_and(|p| p.iter().all(is_ours)),
+            Kind::Single => is_ours(&value),
+        };
+        if valid && alone {
+            return Err(InstallError::Refused(format!(
+                "{} has no plugin but wgmesh-cni, which only chains after a main plugin; \
+                 remove it or put the cluster's CNI plugin first",
+                path.display()
+            )));
+        }
         if valid {
             return Ok(Some(Primary {
                 name,

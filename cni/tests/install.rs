@@ -308,6 +308,32 @@ fn refuses_a_primary_whose_version_would_break_every_pod() {
 }
 
 #[test]
+fn refuses_a_config_with_nothing_but_wgmesh_cni() {
+    // Chained behind nothing, wgmesh-cni has no prevResult and every pod would fail; converting
+    // or extending such a file would only hide that (found by tests/install_props.rs).
+    for (name, body) in [
+        (
+            "10-net.conf",
+            "{\"cniVersion\":\"1.0.0\",\"name\":\"net\",\"type\":\"wgmesh-cni\"}",
+        ),
+        (
+            "10-net.conflist",
+            "{\"cniVersion\":\"1.0.0\",\"name\":\"net\",\"plugins\":[{\"type\":\"wgmesh-cni\"}]}",
+        ),
+    ] {
+        let node = Node::new(&[(name, body)]);
+        let before = node.files();
+        let (ok, text) = node.run("install", &[]);
+        assert!(!ok, "{name}: {text}");
+        assert!(
+            text.contains(name) && text.contains("no plugin but wgmesh-cni"),
+            "{text}"
+        );
+        assert_eq!(node.files(), before, "{name} touched");
+    }
+}
+
+#[test]
 fn installed_entry_is_accepted_by_the_plugin_itself() {
     let node = Node::new(&[("10-calico.conflist", CALICO)]);
     node.install(&[
