@@ -1,13 +1,28 @@
 //! `/healthz` (the loop is turning), `/readyz` (engine, interface and routes in place) and
-//! `/metrics`, on a small blocking HTTP/1.1 server thread: three GETs need no framework.
+//! `/metrics`, served by hyper on a small runtime thread. The port is open to every pod on a
+//! hostNetwork node, so each connection gets its own task, a request head of at most
+//! `HEAD_LIMIT` bytes and `HEAD_TIMEOUT` to send it: no client can hold up the kubelet's probes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
 use crate::metrics::Metrics;
+
+/// Room for a GET's request line and headers (hyper's smallest buffer).
+const HEAD_LIMIT: usize = 8192;
+/// A probe sends its request at once; a client still sending after this is cut off.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the endpoints report; written by the agent loop.
 #[derive(Default)]
@@ -37,40 +52,64 @@ pub fn serve(
     metrics: Arc<Metrics>,
     stale: Duration,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     std::thread::Builder::new()
         .name("http".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                // one slow client must not stall the others for long
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-                let _ = handle(stream, &health, &metrics, stale);
-            }
-        })?;
+        .spawn(move || rt.block_on(accept(listener, health, metrics, stale)))?;
     Ok(bound)
 }
 
-fn handle(
-    stream: TcpStream,
-    health: &Health,
-    metrics: &Metrics,
+async fn accept(
+    listener: std::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
     stale: Duration,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // drain the headers; bodies are not expected
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve /healthz, /readyz and /metrics");
+            return;
+        }
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // out of file descriptors, most likely: do not spin
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (health, metrics) = (health.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (status, ctype, body) = route(req.uri().path(), &health, &metrics, stale);
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                *resp.status_mut() = status;
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(HEAD_LIMIT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = route(path, health, metrics, stale);
-    let mut w = stream;
-    write!(w, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    w.flush()
 }
 
 fn route(
@@ -78,34 +117,35 @@ fn route(
     health: &Health,
     metrics: &Metrics,
     stale: Duration,
-) -> (&'static str, &'static str, String) {
+) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let age =
         Duration::from_millis(now_ms().saturating_sub(health.last_tick_ms.load(Ordering::Relaxed)));
-    match path.split('?').next().unwrap_or("") {
-        "/healthz" if age <= stale => ("200 OK", TEXT, "ok\n".into()),
+    match path {
+        "/healthz" if age <= stale => (StatusCode::OK, TEXT, "ok\n".into()),
         "/healthz" => (
-            "503 Service Unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
             format!("no reconcile pass for {} ms\n", age.as_millis()),
         ),
         "/readyz" if health.ready.load(Ordering::Relaxed) && age <= stale => {
-            ("200 OK", TEXT, "ready\n".into())
+            (StatusCode::OK, TEXT, "ready\n".into())
         }
-        "/readyz" => ("503 Service Unavailable", TEXT, "not ready\n".into()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into()),
         "/metrics" => (
-            "200 OK",
+            StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        _ => ("404 Not Found", TEXT, "not found\n".into()),
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).expect("connect");
@@ -138,5 +178,71 @@ mod tests {
             "{m}"
         );
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+
+    fn server() -> SocketAddr {
+        let health = Arc::new(Health::default());
+        health.tick(true);
+        serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            health,
+            Arc::new(Metrics::default()),
+            Duration::from_secs(60),
+        )
+        .expect("serve")
+    }
+
+    #[test]
+    fn a_client_that_never_finishes_its_request_does_not_hold_up_the_probes() {
+        // Any pod can reach the port: one dribbling connection must not make the kubelet's
+        // probes time out (and the agent be restarted).
+        let addr = server();
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        write!(slow, "GET /healthz HTTP/1.1\r\n").expect("write");
+        let stop = Arc::new(AtomicBool::new(false));
+        let dribble = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && slow.write_all(b"X").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let mut probe = TcpStream::connect(addr).expect("connect");
+        probe
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        write!(probe, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        let mut out = String::new();
+        let read = probe.read_to_string(&mut out);
+        stop.store(true, Ordering::Relaxed);
+        let _ = dribble.join();
+        assert!(
+            read.is_ok() && out.starts_with("HTTP/1.1 200"),
+            "{read:?} {out:?}"
+        );
+    }
+
+    #[test]
+    fn an_endless_request_head_is_cut_off() {
+        // The server keeps at most a few KiB of a request head, not whatever a client sends.
+        let addr = server();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let chunk = [b'a'; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < 64 << 20 {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        assert!(
+            sent < 64 << 20,
+            "the server took {sent} bytes of one request line"
+        );
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
     }
 }

@@ -10,10 +10,15 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Room for a GET's request line and headers (hyper's smallest buffer).
+const HEAD_LIMIT: usize = 8192;
+/// A probe or a scrape sends its request at once; a client still sending after this is cut off.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Shared state of the endpoints.
 #[derive(Clone)]
@@ -93,7 +98,12 @@ pub async fn serve(
                 let resp = respond(&probes, req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
+            // Every pod can reach the port: a client gets HEAD_TIMEOUT and HEAD_LIMIT bytes to
+            // send its request head, not as long and as much as it likes.
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(HEAD_LIMIT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
