@@ -1,7 +1,8 @@
 //! `/healthz` (the loop is turning), `/readyz` (engine, interface and routes in place) and
 //! `/metrics`, served by hyper on a small runtime thread. The port is open to every pod on a
 //! hostNetwork node, so each connection gets its own task, a request head of at most
-//! `HEAD_LIMIT` bytes and `HEAD_TIMEOUT` to send it: no client can hold up the kubelet's probes.
+//! `HEAD_LIMIT` bytes and `HEAD_TIMEOUT` to send it (no client can hold up the kubelet's
+//! probes), and at most `MAX_CONNECTIONS` are open at once.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,9 @@ use crate::metrics::Metrics;
 const HEAD_LIMIT: usize = 8192;
 /// A probe sends its request at once; a client still sending after this is cut off.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed on accept, so a flood of them cannot take the
+/// file descriptors the agent needs for netlink and the engine's socket.
+const MAX_CONNECTIONS: usize = 64;
 
 /// What the endpoints report; written by the agent loop.
 #[derive(Default)]
@@ -78,6 +82,7 @@ async fn accept(
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -88,8 +93,12 @@ async fn accept(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // dropping the stream closes it
+        };
         let (health, metrics) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (status, ctype, body) = route(req.uri().path(), &health, &metrics, stale);
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -222,6 +231,28 @@ mod tests {
             read.is_ok() && out.starts_with("HTTP/1.1 200"),
             "{read:?} {out:?}"
         );
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed_and_the_server_recovers() {
+        let addr = server();
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // Accepts are in order: once the extra one is closed, all the idle ones hold a slot.
+        let mut extra = TcpStream::connect(addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(extra.read(&mut buf), Ok(0)),
+            "a connection beyond the limit was kept"
+        );
+        // The idle ones are cut off after HEAD_TIMEOUT, and their slots come back.
+        std::thread::sleep(HEAD_TIMEOUT + Duration::from_millis(500));
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+        drop(idle);
     }
 
     #[test]
