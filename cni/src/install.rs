@@ -174,6 +174,7 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
         None => standalone(opts, &mut report)?,
         Some(p) => {
             check_version(&p)?;
+            check_not_alone(&p)?;
             match p.kind {
                 Kind::List => chain(opts, &p, state.as_ref(), &mut report)?,
                 Kind::Single => convert(opts, &p, &mut report)?,
@@ -490,21 +491,6 @@ fn find_primary(conf_dir: &Path) -> Result<Option<Primary>, InstallError> {
                 .and_then(Value::as_str)
                 .is_some_and(|t| !t.is_empty()),
         };
-        // A config that would run wgmesh-cni behind nothing fails every pod: say so.
-        let alone = match kind {
-            Kind::List => value
-                .get("plugins")
-                .and_then(Value::as_array)
-                .is_some_and(|p| p.iter().all(is_ours)),
-            Kind::Single => is_ours(&value),
-        };
-        if valid && alone {
-            return Err(InstallError::Refused(format!(
-                "{} has no plugin but wgmesh-cni, which only chains after a main plugin; \
-                 remove it or put the cluster's CNI plugin first",
-                path.display()
-            )));
-        }
         if valid {
             return Ok(Some(Primary {
                 name,
@@ -533,6 +519,27 @@ fn check_version(p: &Primary) -> Result<(), InstallError> {
     Err(InstallError::Refused(format!(
         "the primary CNI config {} declares cniVersion {declared:?}, which wgmesh-cni does not \
          support; chaining it would make every pod start fail",
+        p.name
+    )))
+}
+
+/// Refuses a config whose only plugin is wgmesh-cni: chained behind nothing it has no
+/// prevResult, so converting or extending it would only hide that every pod fails.
+fn check_not_alone(p: &Primary) -> Result<(), InstallError> {
+    let alone = match p.kind {
+        Kind::List => p
+            .value
+            .get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|l| l.iter().all(is_ours)),
+        Kind::Single => is_ours(&p.value),
+    };
+    if !alone {
+        return Ok(());
+    }
+    Err(InstallError::Refused(format!(
+        "{} has no plugin but wgmesh-cni, which only chains after a main plugin; remove it or \
+         put the cluster's CNI plugin first",
         p.name
     )))
 }

@@ -330,6 +330,9 @@ fn refuses_a_config_with_nothing_but_wgmesh_cni() {
             "{text}"
         );
         assert_eq!(node.files(), before, "{name} touched");
+        // uninstall still works on such a node (it only removes what is ours)
+        let (ok, text) = node.run("uninstall", &[]);
+        assert!(ok, "{name}: {text}");
     }
 }
 

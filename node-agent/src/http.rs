@@ -1,11 +1,11 @@
 //! `/healthz` (the loop is turning), `/readyz` (engine, interface and routes in place) and
 //! `/metrics`, served by hyper on a small runtime thread. The port is open to every pod on a
 //! hostNetwork node, so each connection gets its own task, a request head of at most
-//! `HEAD_LIMIT` bytes and `HEAD_TIMEOUT` to send it (no client can hold up the kubelet's
-//! probes), and at most `MAX_CONNECTIONS` are open at once.
+//! `HEAD_LIMIT` bytes and `HEAD_TIMEOUT` to send it and `CONNECTION_TIMEOUT` in all, and one
+//! source address may hold `MAX_PER_SOURCE` of them: a pod cannot hold up the kubelet's probes.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,9 +24,12 @@ use crate::metrics::Metrics;
 const HEAD_LIMIT: usize = 8192;
 /// A probe sends its request at once; a client still sending after this is cut off.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections served at once; more are closed on accept, so a flood of them cannot take the
-/// file descriptors the agent needs for netlink and the engine's socket.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once, and from one source address: more are closed on accept, so
+/// neither a flood nor one pod can take the agent's file descriptors or every slot.
+const MAX_CONNECTIONS: usize = 256;
+const MAX_PER_SOURCE: usize = 8;
+/// A connection ends after this however it stands (a client that never reads its answer).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the endpoints report; written by the agent loop.
 #[derive(Default)]
@@ -63,29 +66,57 @@ pub fn serve(
         .enable_io()
         .enable_time()
         .build()?;
+    let listener = {
+        let _in = rt.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || rt.block_on(accept(listener, health, metrics, stale)))?;
     Ok(bound)
 }
 
+/// Open connections per source address; a slot is given back when its guard drops.
+#[derive(Clone, Default)]
+struct Sources(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+struct SourceSlot(Sources, IpAddr);
+
+impl Sources {
+    fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 async fn accept(
-    listener: std::net::TcpListener,
+    listener: tokio::net::TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     stale: Duration,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve /healthz, /readyz and /metrics");
-            return;
-        }
-    };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let sources = Sources::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, from) = match listener.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 // out of file descriptors, most likely: do not spin
                 tracing::warn!(error = %e, "accept failed");
@@ -93,12 +124,16 @@ async fn accept(
                 continue;
             }
         };
+        // Dropping the stream closes it.
+        let Some(source) = sources.take(from.ip()) else {
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // dropping the stream closes it
+            continue;
         };
         let (health, metrics) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, source);
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (status, ctype, body) = route(req.uri().path(), &health, &metrics, stale);
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -112,10 +147,11 @@ async fn accept(
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(HEAD_LIMIT)
                 .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "http connection ended with an error");
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "http connection ended with an error"),
+                Err(_) => tracing::debug!("http connection cut off after {CONNECTION_TIMEOUT:?}"),
             }
         });
     }
@@ -157,11 +193,16 @@ mod tests {
     use std::net::TcpStream;
 
     fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        ask(TcpStream::connect(addr).expect("connect"), path).unwrap_or_default()
+    }
+
+    /// One GET on an open connection; what came back, or why nothing did within 5 s.
+    fn ask(mut s: TcpStream, path: &str) -> std::io::Result<String> {
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
+        s.read_to_string(&mut out)?;
+        Ok(out)
     }
 
     #[test]
@@ -218,40 +259,54 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(300));
-        let mut probe = TcpStream::connect(addr).expect("connect");
-        probe
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        write!(probe, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
-        let mut out = String::new();
-        let read = probe.read_to_string(&mut out);
+        let answer = ask(TcpStream::connect(addr).expect("connect"), "/healthz");
         stop.store(true, Ordering::Relaxed);
         let _ = dribble.join();
         assert!(
-            read.is_ok() && out.starts_with("HTTP/1.1 200"),
-            "{read:?} {out:?}"
+            answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 200")),
+            "{answer:?}"
         );
     }
 
+    /// A connection from `source` (any 127/8 address reaches a loopback server).
+    fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let s = tokio::net::TcpSocket::new_v4().expect("socket");
+            s.bind(format!("{source}:0").parse().expect("source"))
+                .expect("bind");
+            let stream = s.connect(addr).await.expect("connect");
+            let std = stream.into_std().expect("std");
+            std.set_nonblocking(false).expect("blocking");
+            std
+        })
+    }
+
     #[test]
-    fn connections_beyond_the_limit_are_closed_and_the_server_recovers() {
+    fn one_source_cannot_take_every_slot() {
         let addr = server();
-        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
-            .map(|_| TcpStream::connect(addr).expect("connect"))
+        let idle: Vec<TcpStream> = (0..MAX_PER_SOURCE)
+            .map(|_| connect_from("127.0.0.1", addr))
             .collect();
-        // Accepts are in order: once the extra one is closed, all the idle ones hold a slot.
-        let mut extra = TcpStream::connect(addr).expect("connect");
+        // Accepts are in order: the next one from the same address is over its share.
+        let mut extra = connect_from("127.0.0.1", addr);
         extra
-            .set_read_timeout(Some(Duration::from_secs(1)))
+            .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let mut buf = [0u8; 16];
         assert!(
             matches!(extra.read(&mut buf), Ok(0)),
-            "a connection beyond the limit was kept"
+            "a connection over the source's share was kept"
         );
-        // The idle ones are cut off after HEAD_TIMEOUT, and their slots come back.
-        std::thread::sleep(HEAD_TIMEOUT + Duration::from_millis(500));
-        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+        // Another address (the kubelet's, say) is served at once.
+        let answer = ask(connect_from("127.0.0.2", addr), "/healthz");
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 200")),
+            "{answer:?}"
+        );
         drop(idle);
     }
 

@@ -321,7 +321,8 @@ mod tests {
 
     #[test]
     fn a_handshake_time_out_of_range_is_an_error_not_a_panic() {
-        // SystemTime cannot hold u64::MAX seconds, and nanoseconds stop below 10^9.
+        // SystemTime cannot hold u64::MAX seconds (that panicked); nanoseconds of 10^9 or
+        // more, which no engine sends, are refused rather than carried into the seconds.
         for (sec, nsec) in [
             (u64::MAX, 0u64),
             (1, 1_000_000_000),

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 const HEAD_LIMIT: usize = 8192;
 /// A probe or a scrape sends its request at once; a client still sending after this is cut off.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest life of a connection, keep-alive included.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Shared state of the endpoints.
 #[derive(Clone)]
@@ -100,14 +102,15 @@ pub async fn serve(
             });
             // Every pod can reach the port: a client gets HEAD_TIMEOUT and HEAD_LIMIT bytes to
             // send its request head, not as long and as much as it likes.
-            if let Err(e) = http1::Builder::new()
+            let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(HEAD_LIMIT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "http connection ended with an error");
+                .serve_connection(TokioIo::new(stream), svc);
+            // however it stands (a client that never reads its answer), a connection ends
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "http connection ended with an error"),
             }
         });
     }
