@@ -53,6 +53,14 @@ pub trait Output {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]);
     /// Hand one decrypted inner IP packet to the TUN.
     fn deliver(&mut self, packet: &[u8]);
+    /// Send `datagram` to `to` as a reply to the datagram being handled, from the local
+    /// address that one arrived at (the kernel's reply-to-skb), as for cookie replies.
+    fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.send(to, datagram)
+    }
+    /// Sends to `to` should leave from the address routing picks again, not a learned one:
+    /// the kernel clears an endpoint's source before a handshake retry, in case it is the trouble.
+    fn forget_source(&mut self, _to: SocketAddr) {}
     /// Send a data message. This seals at once; a shell may override it to seal later, outside
     /// its lock or on another core: counter, key and padding are already fixed.
     fn send_data(&mut self, to: SocketAddr, job: SealJob<'_>) {
@@ -465,8 +473,10 @@ impl<R: RngCore + CryptoRng> Device<R> {
         }
         for id in 0..self.peers.len() {
             self.with_peer(id, |dev, peer| {
-                for t in peer.timers.expired(now.mono) {
-                    dev.on_timer(peer, id, t, now, out);
+                for t in crate::timers::ALL {
+                    if peer.timers.take_due(t, now.mono) {
+                        dev.on_timer(peer, id, t, now, out);
+                    }
                 }
             });
         }
@@ -698,6 +708,9 @@ impl<R: RngCore + CryptoRng> Device<R> {
                     }
                 } else {
                     peer.timers.handshake_attempts += 1;
+                    if let Some(ep) = peer.endpoint {
+                        out.forget_source(ep);
+                    }
                     self.initiate(peer, id, true, now, out);
                 }
             }
@@ -708,7 +721,12 @@ impl<R: RngCore + CryptoRng> Device<R> {
                     peer.timers.arm(Timer::SendKeepalive, now.mono + KEEPALIVE_TIMEOUT);
                 }
             }
-            Timer::NewHandshake => self.initiate(peer, id, false, now, out),
+            Timer::NewHandshake => {
+                if let Some(ep) = peer.endpoint {
+                    out.forget_source(ep);
+                }
+                self.initiate(peer, id, false, now, out)
+            }
             Timer::ZeroKeyMaterial => {
                 self.clear_handshake(peer);
                 self.clear_keypairs(peer);
@@ -752,7 +770,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         }
         if !checker.check_mac2(m, mac2, from, now.mono, &mut self.rng) {
             let reply = checker.create_reply(m, mac1, from, now.mono, &mut self.rng);
-            out.send(from, &reply);
+            out.reply(from, &reply);
             return Err(Outcome::CookieReplySent);
         }
         if !self.limiter.allow(from.ip(), now.mono) {

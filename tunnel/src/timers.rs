@@ -57,16 +57,14 @@ impl Timers {
     pub fn next_deadline(&self) -> Option<Duration> {
         self.deadline.iter().flatten().min().copied()
     }
-    /// Disarms and returns the timers due at `now`, in the kernel's handler order.
-    pub fn expired(&mut self, now: Duration) -> impl Iterator<Item = Timer> {
-        let mut fired = [None; 5];
-        for t in ALL {
-            if self.deadline[t as usize].is_some_and(|d| d <= now) {
-                self.deadline[t as usize] = None;
-                fired[t as usize] = Some(t);
-            }
+    /// Disarms `t` and says so if it is due at `now`. Asked timer by timer, in the kernel's
+    /// handler order, after the previous handler ran: one it disarmed does not fire (del_timer).
+    pub fn take_due(&mut self, t: Timer, now: Duration) -> bool {
+        let due = self.deadline[t as usize].is_some_and(|d| d <= now);
+        if due {
+            self.deadline[t as usize] = None;
         }
-        fired.into_iter().flatten()
+        due
     }
 
     /// An authenticated data packet (not a keepalive) was sent.

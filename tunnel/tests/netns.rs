@@ -128,6 +128,92 @@ fn replies_leave_from_the_address_the_peer_wrote_to() {
     p.lab.exec_ok(ours, &["ip", "addr", "del", "10.77.0.11/24", "dev", &p.veth.0]);
     assert!(p.lab.ping(ours, "192.168.241.2", 2));
     assert!(endpoint().contains("10.77.0.1:51001"), "peer should follow us to the primary: {}", endpoint());
+    // Setting the peer's endpoint anew, or a new fwmark, forgets the learned source too (as
+    // the kernel's netlink does): our next packet leaves from the primary, and the peer follows.
+    p.lab.exec_ok(ours, &["ip", "addr", "add", "10.77.0.11/24", "dev", &p.veth.0]);
+    let forgets = [format!("peer {} endpoint 10.77.0.2:51002", p.keys[1].public), "fwmark 0x51".to_string()];
+    for set in &forgets {
+        p.lab.wg_set(theirs, &p.iface[1], None, &format!("peer {} endpoint 10.77.0.11:51001", p.keys[0].public));
+        assert!(p.lab.ping(theirs, "192.168.241.1", 1));
+        assert!(endpoint().contains("10.77.0.11:51001"), "learned again: {}", endpoint());
+        p.lab.wg_set(ours, &p.iface[0], None, set);
+        assert!(p.lab.ping(ours, "192.168.241.2", 1));
+        assert!(endpoint().contains("10.77.0.1:51001"), "`wg set {set}` kept the learned source: {}", endpoint());
+    }
+}
+
+#[test]
+fn cookie_replies_leave_from_the_address_the_initiation_came_to() {
+    use rand_chacha::rand_core::SeedableRng;
+    use wgmesh_tunnel::{Clock, Device, Output, PrivateKey, PublicKey};
+    #[derive(Default)]
+    struct Sent(Vec<Vec<u8>>);
+    impl Output for Sent {
+        fn send(&mut self, _: std::net::SocketAddr, d: &[u8]) {
+            self.0.push(d.to_vec());
+        }
+        fn deliver(&mut self, _: &[u8]) {}
+    }
+    let p = pair(Impl::Ours, Impl::WireguardGo, false);
+    p.lab.exec_ok(&p.ns[0], &["ip", "addr", "add", "10.77.0.11/24", "dev", &p.veth.0]);
+    // A genuine initiation (valid mac1) from a key ours does not know, made by our own core.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let clock = Clock { mono: Duration::from_secs(1), wall: Duration::from_secs(1_700_000_000) };
+    let mut d = Device::new(rand_chacha::ChaCha8Rng::seed_from_u64(10));
+    let mut out = Sent::default();
+    d.set_private_key(Some(PrivateKey::generate(&mut rng)), clock, &mut out);
+    let id = d.add_peer(PublicKey::from_base64(&p.keys[0].public).unwrap()).unwrap();
+    d.set_endpoint(id, "10.77.0.11:51001".parse().unwrap());
+    d.allowed_ips.insert("192.168.241.1".parse().unwrap(), 32, id);
+    d.set_up(true, clock, &mut out);
+    let mut ping = vec![0u8; 84];
+    ping[0] = 0x45;
+    ping[2..4].copy_from_slice(&84u16.to_be_bytes());
+    ping[16..20].copy_from_slice(&[192, 168, 241, 1]);
+    d.handle_tun(&ping, clock, &mut out);
+    let init = out.0.into_iter().find(|m| m[0] == 1 && m.len() == 148).expect("an initiation");
+    // 1,000 of them at once put ours under load (over 512 a second): the rest get cookie replies.
+    let from = in_ns(&p.ns[1], move || {
+        let s = UdpSocket::bind("10.77.0.2:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        for _ in 0..1000 {
+            s.send_to(&init, "10.77.0.11:51001").unwrap();
+        }
+        let (mut from, mut buf) = (Vec::new(), [0u8; 256]);
+        while let Ok((n, a)) = s.recv_from(&mut buf) {
+            if n == 64 && buf[0] == 3 {
+                from.push(a.ip().to_string());
+            }
+        }
+        from
+    });
+    assert!(!from.is_empty(), "no cookie reply under load");
+    assert!(from.iter().all(|a| a == "10.77.0.11"), "cookie replies came from {from:?}");
+}
+
+#[test]
+fn listen_port_zero_moves_to_a_new_random_port() {
+    // `wg set IFACE listen-port 0` on an up interface rebinds, as the kernel and wireguard-go do.
+    let p = pair(Impl::Ours, Impl::WireguardGo, false);
+    let (ours, theirs) = (&p.ns[0], &p.ns[1]);
+    assert!(p.lab.ping(ours, "192.168.241.2", 1));
+    p.lab.wg_set(ours, &p.iface[0], None, "listen-port 0");
+    let port = p.lab.exec_ok(ours, &["wg", "show", &p.iface[0], "listen-port"]).trim().to_string();
+    assert!(port != "0" && port != "51001", "still on port {port}");
+    // The old socket closes once the receive threads wake (their poll timeout).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let sockets = loop {
+        let s = p.lab.exec_ok(ours, &["ss", "-Huln"]);
+        if !s.contains(":51001 ") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(sockets.contains(&format!(":{port} ")) && !sockets.contains(":51001 "), "{sockets}");
+    // The peer follows to the new port on our next authenticated packet.
+    assert!(p.lab.ping(ours, "192.168.241.2", 1));
+    let ep = p.lab.exec_ok(theirs, &["wg", "show", &p.iface[1], "endpoints"]);
+    assert!(ep.contains(&format!("10.77.0.1:{port}")), "{ep}");
 }
 
 #[test]

@@ -322,6 +322,7 @@ fn cookie_mac2_bound_to_source_address() {
     let (o, c) = net.inject(1, other, &retry);
     assert_eq!(o, Outcome::CookieReplySent);
     assert_eq!(c.sent[0].1[0], 3);
+    assert_eq!(c.replies, vec![0], "a cookie reply leaves from the address the initiation came to");
     let (o, _) = net.inject(1, net.addrs[0], &retry);
     assert_eq!(o, Outcome::InitiationConsumed);
 }
@@ -593,4 +594,54 @@ fn retransmit_timer_is_only_armed_by_initiations() {
         let p = net.devs[d].peer(net.peer(d, 1 - d)).unwrap();
         assert!(!p.timers.pending(Timer::RetransmitHandshake), "disarmed once the handshake completed");
     }
+}
+
+#[test]
+fn handshake_retries_forget_the_learned_source_first() {
+    // timers.c clears the endpoint's source before every retry and before the handshake
+    // that follows unanswered data, in case that source address is why nothing came back.
+    let mut net = Net::new(2);
+    net.link = Box::new(|_| false);
+    net.ping(0, 1);
+    assert!(net.forgot.is_empty(), "a first initiation keeps the source");
+    net.run_for(ms(5_400));
+    let retry = net.log.iter().rposition(|f| f.kind() == 1 && f.from == 0).unwrap();
+    assert!(retry > 0, "one retry by now");
+    assert_eq!(net.forgot, vec![(0, net.addrs[1], retry)], "forgotten just before the retry");
+
+    let mut net = Net::new(2);
+    net.ping(0, 1);
+    net.flush();
+    net.run_for(secs(30));
+    assert!(net.forgot.is_empty(), "a working session keeps its source");
+    // Device 1 goes silent: 0's data is never answered.
+    net.link = Box::new(|f| f.from == 0);
+    let (start, t0) = (net.log.len(), net.clock.mono);
+    net.ping(0, 1);
+    net.run_for(ms(15_400));
+    let init = start + net.log[start..].iter().position(|f| f.kind() == 1 && f.from == 0).unwrap();
+    assert!(net.log[init].t - t0 >= secs(15), "the new handshake comes 15 s after the data");
+    assert_eq!(net.forgot, vec![(0, net.addrs[1], init)]);
+}
+
+#[test]
+fn a_timer_disarmed_by_an_earlier_handler_in_the_same_poll_does_not_fire() {
+    // Polled late, a handshake retry and a keepalive are due together. The retry's initiation
+    // is an authenticated packet sent, which cancels the keepalive (the kernel's del_timer).
+    let mut net = Net::new(2);
+    net.ping(0, 1);
+    net.flush();
+    net.run_for(secs(121));
+    net.link = Box::new(|f| f.from == 1 && f.kind() == 4);
+    net.ping(0, 1);
+    assert!(net.devs[0].peer(net.peer(0, 1)).unwrap().timers.pending(Timer::RetransmitHandshake), "rekey started");
+    net.run_for(secs(1));
+    net.ping(1, 0);
+    net.flush();
+    assert!(net.devs[0].peer(net.peer(0, 1)).unwrap().timers.pending(Timer::SendKeepalive));
+    net.clock.advance(secs(15));
+    let mut c = Collect::default();
+    net.devs[0].poll(net.clock, &mut c);
+    let kinds: Vec<u8> = c.sent.iter().map(|(_, d)| d[0]).collect();
+    assert_eq!(kinds, vec![1], "the retry only, no keepalive after it");
 }

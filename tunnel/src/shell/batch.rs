@@ -6,7 +6,7 @@ use crate::crypto::Aead;
 use crate::device::{Output, SealJob};
 use crate::keypair::seal_data;
 use crate::messages::{DATA_HEADER_LEN, DATA_OVERHEAD};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -47,7 +47,12 @@ struct Unsealed {
 #[derive(Default)]
 pub struct Batch {
     bytes: Vec<u8>,
-    sends: Vec<(SocketAddr, Buf, Range<usize>)>,
+    /// Destination, the source address if this send must leave from one, and where it lies.
+    sends: Vec<(SocketAddr, Option<IpAddr>, Buf, Range<usize>)>,
+    /// The local address the datagram being handled arrived at: where replies leave from.
+    pub reply_from: Option<IpAddr>,
+    /// Remotes whose learned source address the core asked to forget.
+    pub forget: Vec<SocketAddr>,
     /// Packets for the TUN, each behind the virtio header's headroom: written (and coalesced)
     /// from here, with no second copy. Reused; `delivered` of them are live.
     tun: Vec<Vec<u8>>,
@@ -59,7 +64,16 @@ impl Output for Batch {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
-        self.sends.push((to, Buf::Own, start..self.bytes.len()));
+        self.sends.push((to, None, Buf::Own, start..self.bytes.len()));
+    }
+    fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.send(to, datagram);
+        if let Some(last) = self.sends.last_mut() {
+            last.1 = self.reply_from;
+        }
+    }
+    fn forget_source(&mut self, to: SocketAddr) {
+        self.forget.push(to);
     }
     fn deliver(&mut self, packet: &[u8]) {
         if self.tun.len() == self.delivered {
@@ -92,7 +106,7 @@ impl Batch {
     fn queue(&mut self, to: SocketAddr, buf: Buf, at: Range<usize>, job: &SealJob<'_>) {
         let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
         self.unsealed.push(Unsealed { buf, start: at.start, key, receiver, counter, padded });
-        self.sends.push((to, buf, at));
+        self.sends.push((to, None, buf, at));
     }
     /// Seals every data message the core numbered; call after releasing the device lock.
     /// Counters are already fixed and the datagrams keep their order in the arena, so the
@@ -122,18 +136,24 @@ impl Batch {
         drop(work);
         self.unsealed.clear();
     }
-    /// Runs of consecutive datagrams to one destination with one size (the last may be
-    /// shorter), adjacent in one buffer (ours or `arena`): each run is one UDP GSO send of
-    /// `segment` bytes each.
-    pub fn send_runs<'a>(&'a self, arena: &'a [u8], max_segments: usize, max_bytes: usize) -> impl Iterator<Item = (SocketAddr, &'a [u8], usize)> {
+    /// Runs of consecutive datagrams to one destination, from one given source (or none), with
+    /// one size (the last may be shorter), adjacent in one buffer (ours or `arena`): each run
+    /// is one UDP GSO send of `segment` bytes each.
+    pub fn send_runs<'a>(
+        &'a self,
+        arena: &'a [u8],
+        max_segments: usize,
+        max_bytes: usize,
+    ) -> impl Iterator<Item = (SocketAddr, Option<IpAddr>, &'a [u8], usize)> {
         let mut i = 0;
         std::iter::from_fn(move || {
-            let (to, buf, first) = self.sends.get(i)?.clone();
+            let (to, src, buf, first) = self.sends.get(i)?.clone();
             let seg = first.len();
             let (mut end, mut n) = (first.end, 1);
             i += 1;
-            while let Some((t, b, r)) = self.sends.get(i) {
+            while let Some((t, s, b, r)) = self.sends.get(i) {
                 let fits = *t == to
+                    && *s == src
                     && *b == buf
                     && r.start == end
                     && r.len() <= seg
@@ -151,7 +171,7 @@ impl Batch {
                 }
             }
             let bytes = if buf == Buf::Own { &self.bytes[..] } else { arena };
-            Some((to, &bytes[first.start..end], seg))
+            Some((to, src, &bytes[first.start..end], seg))
         })
     }
     pub fn delivers(&self) -> impl Iterator<Item = &[u8]> {
@@ -162,12 +182,13 @@ impl Batch {
         &mut self.tun[..self.delivered]
     }
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.delivered == 0
+        self.sends.is_empty() && self.delivered == 0 && self.forget.is_empty()
     }
     pub fn clear(&mut self) {
         self.unsealed.clear();
         self.bytes.clear();
         self.sends.clear();
+        self.forget.clear();
         self.delivered = 0;
     }
 }
@@ -186,7 +207,7 @@ mod tests {
         batch.deliver(&[1, 2, 3]);
         batch.send(a, &[9; 100]);
         batch.send(a, &[9; 100]);
-        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, d, seg)| (to, d.len(), seg)).collect();
+        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, _, d, seg)| (to, d.len(), seg)).collect();
         assert_eq!(
             runs,
             vec![(a, 260, 100), (a, 100, 100), (b, 200, 100), (a, 300, 100)],
@@ -202,5 +223,31 @@ mod tests {
         batch.deliver(&[7; 5]);
         assert_eq!(batch.tun_packets().len(), 1);
         assert_eq!(batch.delivers().collect::<Vec<_>>(), vec![&[7u8; 5][..]]);
+    }
+
+    #[test]
+    fn replies_carry_their_source_and_forgets_are_kept_until_flushed() {
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let local: IpAddr = "10.0.0.11".parse().unwrap();
+        let mut batch = Batch::default();
+        batch.send(a, &[1; 64]);
+        batch.reply_from = Some(local);
+        batch.reply(a, &[3; 64]);
+        batch.reply_from = None;
+        batch.reply(a, &[3; 64]);
+        batch.send(a, &[1; 64]);
+        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, src, d, _)| (to, src, d[0], d.len())).collect();
+        assert_eq!(
+            runs,
+            vec![(a, None, 1, 64), (a, Some(local), 3, 64), (a, None, 3, 128)],
+            "a reply leaves from where its request arrived, and never shares a send with others"
+        );
+        batch.clear();
+        assert!(batch.is_empty());
+        batch.forget_source(a);
+        assert!(!batch.is_empty(), "a forget alone is still work for the flush");
+        assert_eq!(batch.forget, vec![a]);
+        batch.clear();
+        assert!(batch.forget.is_empty());
     }
 }

@@ -223,12 +223,17 @@ impl Engine {
         }
         batch.seal_pending(arena);
         out.write(&self.tun, batch.tun_packets());
+        if !batch.forget.is_empty() {
+            let mut sticky = self.sticky.write().unwrap_or_else(|e| e.into_inner());
+            batch.forget.iter().for_each(|to| _ = sticky.remove(to));
+        }
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(bind) = bind {
             let segs = bind.v4.as_ref().map_or(1, |s| s.max_gso_segments()).max(1);
-            for (to, d, seg) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
+            for (to, reply_from, d, seg) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
                 let Some(s) = bind.socket_for(to) else { continue };
-                let src = self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
+                let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
+                let src = reply_from.or_else(learned);
                 let mut sent = s.send(to, d, seg, src);
                 let gone = |e: &io::Error| {
                     matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH))
@@ -434,7 +439,12 @@ impl Engine {
             for (&(i, o, len, from), job) in segs.iter().zip(&jobs) {
                 let d = &mut bufs[i][o..o + len];
                 let outcome = match job {
-                    None => st.dev.handle_udp(from, d, clock, &mut batch),
+                    None => {
+                        batch.reply_from = meta[i].dst_ip;
+                        let outcome = st.dev.handle_udp(from, d, clock, &mut batch);
+                        batch.reply_from = None;
+                        outcome
+                    }
                     Some(Ok(j)) => {
                         let mut sink = DeliverInPlace::new(&mut batch, d);
                         let outcome = st.dev.finish_data(from, j, d, clock, &mut sink);
@@ -541,7 +551,8 @@ impl Engine {
     /// (Re)binds the sockets to the configured port; only while the link is up.
     fn rebind(&self, st: &mut State) -> io::Result<()> {
         let current = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.port);
-        if current.is_some() && (current == Some(st.listen_port) || st.listen_port == 0) {
+        // Port 0 asks for a new random port, as in the kernel and wireguard-go.
+        if current.is_some() && current == Some(st.listen_port) {
             return Ok(());
         }
         // A just-closed socket may linger for one receive timeout; retry briefly.
@@ -582,7 +593,13 @@ impl Engine {
         let mut batch = Batch::default();
         let clock = now();
         let mut st = self.lock();
+        // Learned sources no longer hold after a new mark or port (routing may differ) or for
+        // an endpoint set anew: the kernel clears them in each case.
+        batch.forget.extend(req.peers.iter().filter_map(|p| p.endpoint));
+        let bound = || self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.port);
+        let before = bound();
         if let Some(mark) = req.fwmark {
+            self.sticky.write().unwrap_or_else(|e| e.into_inner()).clear();
             st.fwmark = mark;
             if let Some(b) = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 if let Err(e) = b.set_mark(mark) {
@@ -599,6 +616,9 @@ impl Engine {
                     tracing::warn!(port, error = %e, "cannot bind UDP port");
                     return UapiError::AddrInUse(e.to_string()).errno();
                 }
+            }
+            if bound() != before {
+                self.sticky.write().unwrap_or_else(|e| e.into_inner()).clear();
             }
         }
         let applied = uapi::apply(&mut st.dev, req, clock, &mut batch);
@@ -683,6 +703,12 @@ impl crate::device::Output for DeliverInPlace<'_> {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.batch.send(to, datagram);
     }
+    fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.batch.reply(to, datagram);
+    }
+    fn forget_source(&mut self, to: SocketAddr) {
+        self.batch.forget_source(to);
+    }
     fn send_data(&mut self, to: SocketAddr, job: crate::device::SealJob<'_>) {
         self.batch.send_data(to, job);
     }
@@ -717,6 +743,12 @@ impl<'a> SealInPlace<'a> {
 impl crate::device::Output for SealInPlace<'_> {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.batch.send(to, datagram);
+    }
+    fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.batch.reply(to, datagram);
+    }
+    fn forget_source(&mut self, to: SocketAddr) {
+        self.batch.forget_source(to);
     }
     fn send_data(&mut self, to: SocketAddr, job: crate::device::SealJob<'_>) {
         let exact = |slot: &mut std::ops::Range<usize>| {
@@ -847,7 +879,7 @@ mod tests {
         let mut copied = Batch::default();
         copied.send_data(to, job(&key, &plain, padded));
         copied.seal_pending(&mut []);
-        let expected: Vec<u8> = copied.send_runs(&[], 64, 65000).flat_map(|(_, d, _)| d.to_vec()).collect();
+        let expected: Vec<u8> = copied.send_runs(&[], 64, 65000).flat_map(|(_, _, d, _)| d.to_vec()).collect();
         // The in-place path: a slot of header room, the segment, zero padding and tag room.
         let mut arena = [vec![0xaa; 5], vec![0; 16], plain.clone(), vec![0; 8 + 16]].concat();
         let seg = 21..1021;
@@ -855,16 +887,16 @@ mod tests {
         let mut out = SealInPlace::new(&mut batch, &arena[seg.clone()], 5..1045);
         out.send_data(to, job(&key, &arena[seg.clone()], padded));
         assert!(out.slot.is_none(), "taken");
-        assert_eq!(batch.send_runs(&arena, 64, 65000).map(|(_, d, _)| d.as_ptr()).next(), Some(arena[5..].as_ptr()), "nothing copied");
+        assert_eq!(batch.send_runs(&arena, 64, 65000).map(|(_, _, d, _)| d.as_ptr()).next(), Some(arena[5..].as_ptr()), "nothing copied");
         batch.seal_pending(&mut arena);
-        let runs: Vec<_> = batch.send_runs(&arena, 64, 65000).map(|(t, d, n)| (t, d.to_vec(), n)).collect();
+        let runs: Vec<_> = batch.send_runs(&arena, 64, 65000).map(|(t, _, d, n)| (t, d.to_vec(), n)).collect();
         assert_eq!(runs, vec![(to, expected.clone(), expected.len())], "the same datagram, sent from the arena");
         // A slot that does not fit the padding the core chose, or another packet: copied.
         let arena = [vec![0; 16], plain.clone(), vec![0; 8 + 16]].concat();
         for (slot, p) in [(0..1039, &arena[16..1016]), (0..1040, &plain[..])] {
             let mut batch = Batch::default();
             SealInPlace::new(&mut batch, &arena[16..1016], slot).send_data(to, job(&key, p, padded));
-            let sent: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(_, d, _)| d.len()).collect();
+            let sent: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(_, _, d, _)| d.len()).collect();
             assert_eq!(sent, vec![expected.len()], "copied into the batch");
         }
     }

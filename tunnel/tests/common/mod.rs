@@ -14,11 +14,22 @@ pub type Dev = Device<ChaCha8Rng>;
 pub struct Collect {
     pub sent: Vec<(SocketAddr, Vec<u8>)>,
     pub delivered: Vec<Vec<u8>>,
+    /// Indexes into `sent` of the datagrams sent as replies (from the request's local address).
+    pub replies: Vec<usize>,
+    /// Each remote whose learned source was to be forgotten, with `sent.len()` at that moment.
+    pub forgot: Vec<(SocketAddr, usize)>,
 }
 
 impl Output for Collect {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.sent.push((to, datagram.to_vec()));
+    }
+    fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.replies.push(self.sent.len());
+        self.send(to, datagram);
+    }
+    fn forget_source(&mut self, to: SocketAddr) {
+        self.forgot.push((to, self.sent.len()));
     }
     fn deliver(&mut self, packet: &[u8]) {
         self.delivered.push(packet.to_vec());
@@ -52,6 +63,8 @@ pub struct Net {
     pub delivered: Vec<Vec<Vec<u8>>>,
     /// Outcomes of every datagram handled, per receiving device.
     pub outcomes: Vec<Vec<Outcome>>,
+    /// (device, remote, index in `log` of the next frame that device sent) of every forgotten source.
+    pub forgot: Vec<(usize, SocketAddr, usize)>,
     /// Datagrams for which this returns false are lost.
     pub link: Box<dyn FnMut(&Frame) -> bool>,
 }
@@ -131,6 +144,7 @@ impl Net {
             log: Vec::new(),
             delivered: vec![Vec::new(); n],
             outcomes: vec![Vec::new(); n],
+            forgot: Vec::new(),
             link: Box::new(|_| true),
         }
     }
@@ -145,6 +159,8 @@ impl Net {
     }
 
     fn absorb(&mut self, from: usize, c: Collect) {
+        let base = self.log.len();
+        self.forgot.extend(c.forgot.iter().map(|&(to, k)| (from, to, base + k)));
         for (to, bytes) in c.sent {
             let f = Frame { t: self.clock.mono, from, to, bytes };
             self.log.push(f.clone());
