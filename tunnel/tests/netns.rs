@@ -192,6 +192,27 @@ fn cookie_replies_leave_from_the_address_the_initiation_came_to() {
 }
 
 #[test]
+fn a_port_taken_at_link_up_is_bound_once_it_is_free() {
+    let p = pair(Impl::Ours, Impl::WireguardGo, false);
+    let ours = p.ns[0].clone();
+    assert!(p.lab.ping(&ours, "192.168.241.2", 1));
+    p.lab.exec_ok(&ours, &["ip", "link", "set", &p.iface[0], "down"]);
+    // Wait until our sockets are closed, then take the port.
+    let taken = (0..50).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        in_ns(&ours, || UdpSocket::bind("0.0.0.0:51001").ok())
+    });
+    let taken = taken.expect("the engine let go of its port on link down");
+    p.lab.exec_ok(&ours, &["ip", "link", "set", &p.iface[0], "up"]);
+    assert!(!p.lab.ping(&ours, "192.168.241.2", 1), "no tunnel while another socket holds the port");
+    drop(taken);
+    let t = Instant::now();
+    while !p.lab.ping(&ours, "192.168.241.2", 1) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the engine never bound the freed port");
+    }
+}
+
+#[test]
 fn listen_port_zero_moves_to_a_new_random_port() {
     // `wg set IFACE listen-port 0` on an up interface rebinds, as the kernel and wireguard-go do.
     let p = pair(Impl::Ours, Impl::WireguardGo, false);
@@ -550,6 +571,13 @@ fn allowed_ip_removal_of_one_prefix_over_raw_uapi() {
     // A probe that connects and sends nothing is harmless.
     drop(std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{i}.sock")).unwrap());
     lab.exec_ok(&ns, &["wg", "show", &i]);
+    // An endless line is cut off at 4 KiB with -EIO (as wireguard-go's line limit), not buffered.
+    let mut s = std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{i}.sock")).unwrap();
+    write!(s, "set=1\npublic_key={}\n\n", "a".repeat(10_000)).unwrap();
+    assert_eq!(reply(&mut s), "errno=-5\n\n");
+    // Closed, with the rest unread (so a reset rather than an end of stream).
+    assert!(!matches!(s.read(&mut [0u8; 16]), Ok(n) if n > 0), "the connection is closed");
+    assert!(lab.exec_ok(&ns, &["wg", "show", &i, "allowed-ips"]).contains("10.0.0.4/32"));
 }
 
 #[test]

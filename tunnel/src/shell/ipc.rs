@@ -9,6 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest line any valid request has is under 200 bytes: this bounds what one line costs.
+const MAX_LINE: u64 = 4096;
+
 pub fn listen(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -52,23 +55,31 @@ fn handle(engine: &Engine, stream: UnixStream) -> io::Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     let mut line = String::new();
-    loop {
+    // A line past MAX_LINE ends the connection with -EIO, as wireguard-go's line limit does.
+    fn next(r: &mut BufReader<UnixStream>, line: &mut String) -> io::Result<usize> {
         line.clear();
-        if r.read_line(&mut line)? == 0 {
+        let n = io::Read::take(&mut *r, MAX_LINE + 1).read_line(line)?;
+        if n as u64 > MAX_LINE {
+            let mut w: &UnixStream = r.get_ref();
+            w.write_all(b"errno=-5\n\n")?;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "UAPI line too long"));
+        }
+        Ok(n)
+    }
+    loop {
+        if next(&mut r, &mut line)? == 0 {
             return Ok(());
         }
         match line.trim_end_matches('\n') {
             "get=1" => {
                 // The request ends with a blank line.
-                line.clear();
-                r.read_line(&mut line)?;
+                next(&mut r, &mut line)?;
                 w.write_all(engine.uapi_get().as_bytes())?;
             }
             "set=1" => {
                 let mut lines = Vec::new();
                 loop {
-                    line.clear();
-                    if r.read_line(&mut line)? == 0 || line == "\n" {
+                    if next(&mut r, &mut line)? == 0 || line == "\n" {
                         break;
                     }
                     lines.push(line.trim_end_matches('\n').to_string());

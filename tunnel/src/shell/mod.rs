@@ -517,6 +517,7 @@ impl Engine {
     fn monitor(&self) {
         let mut batch = Batch::default();
         let mut out = TunWriter::default();
+        let mut unbound_since: Option<std::time::Instant> = None;
         while !self.stopped() {
             let Some(flags) = link_flags(&self.name) else {
                 tracing::info!(interface = %self.name, "interface deleted; exiting");
@@ -533,14 +534,25 @@ impl Engine {
             }
             if up != st.dev.is_up() {
                 if up {
-                    if let Err(e) = self.rebind(&mut st) {
-                        tracing::warn!(port = st.listen_port, error = %e, "cannot bind UDP port");
+                    if let Err(e) = self.rebind(&mut st, true) {
+                        tracing::warn!(port = st.listen_port, error = %e, "cannot bind UDP port; retrying every second");
+                        unbound_since = Some(std::time::Instant::now());
                     }
                 } else {
                     *self.bind.write().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 st.dev.set_up(up, now(), &mut batch);
                 tracing::info!(interface = %self.name, up, "link state");
+            } else if up && unbound_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
+                // The port was taken when the link came up (the kernel would refuse the link):
+                // keep trying, so the tunnel comes up once the port is free.
+                unbound_since = self.rebind(&mut st, false).err().map(|_| std::time::Instant::now());
+                if unbound_since.is_none() {
+                    tracing::info!(port = st.listen_port, "UDP port bound");
+                }
+            }
+            if !up || self.bind.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+                unbound_since = None;
             }
             drop(st);
             self.flush(&mut batch, &mut [], &mut out);
@@ -548,8 +560,9 @@ impl Engine {
         }
     }
 
-    /// (Re)binds the sockets to the configured port; only while the link is up.
-    fn rebind(&self, st: &mut State) -> io::Result<()> {
+    /// (Re)binds the sockets to the configured port; only while the link is up. `patient`
+    /// waits out a socket of ours that is still closing.
+    fn rebind(&self, st: &mut State, patient: bool) -> io::Result<()> {
         let current = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.port);
         // Port 0 asks for a new random port, as in the kernel and wireguard-go.
         if current.is_some() && current == Some(st.listen_port) {
@@ -560,7 +573,7 @@ impl Engine {
         let bind = loop {
             match Bind::open(st.listen_port, st.fwmark) {
                 Ok(b) => break b,
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 5 && current.is_none() => {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && patient && tries < 5 && current.is_none() => {
                     tries += 1;
                     std::thread::sleep(bind::RECV_TIMEOUT);
                 }
@@ -611,7 +624,7 @@ impl Engine {
             let old = st.listen_port;
             st.listen_port = port;
             if st.dev.is_up() {
-                if let Err(e) = self.rebind(&mut st) {
+                if let Err(e) = self.rebind(&mut st, true) {
                     st.listen_port = old;
                     tracing::warn!(port, error = %e, "cannot bind UDP port");
                     return UapiError::AddrInUse(e.to_string()).errno();
