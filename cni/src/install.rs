@@ -237,7 +237,7 @@ fn chain(
         } else {
             p.bytes.clone()
         };
-        save_backup(&opts.conf_dir, &p.name, &original)?;
+        save_backup(&opts.conf_dir, &p.name, &original, mode_of(&opts.conf_dir.join(&p.name)))?;
         save_state(
             &opts.conf_dir,
             &State {
@@ -252,7 +252,7 @@ fn chain(
     if desired == p.value {
         report.say(format!("{} already chains wgmesh-cni", path.display()));
     } else {
-        atomic::write(&path, &pretty(&desired), 0o644).map_err(|e| io_err("write", &path, e))?;
+        atomic::write(&path, &pretty(&desired), mode_of(&path)).map_err(|e| io_err("write", &path, e))?;
         report.say(format!("chained wgmesh-cni into {}", path.display()));
     }
     Ok(())
@@ -270,7 +270,8 @@ fn convert(opts: &InstallOptions, p: &Primary, report: &mut Report) -> Result<()
         )));
     }
     // Order matters for a crash at any step: backup, state, new list, then drop the .conf.
-    save_backup(&opts.conf_dir, &p.name, &p.bytes)?;
+    let mode = mode_of(&opts.conf_dir.join(&p.name));
+    save_backup(&opts.conf_dir, &p.name, &p.bytes, mode)?;
     save_state(
         &opts.conf_dir,
         &State {
@@ -280,7 +281,7 @@ fn convert(opts: &InstallOptions, p: &Primary, report: &mut Report) -> Result<()
         },
     )?;
     let desired = with_ours(&conf_to_list(&p.value), &opts.plugin);
-    atomic::write(&list_path, &pretty(&desired), 0o644)
+    atomic::write(&list_path, &pretty(&desired), mode)
         .map_err(|e| io_err("write", &list_path, e))?;
     let conf_path = opts.conf_dir.join(&p.name);
     fs::remove_file(&conf_path).map_err(|e| io_err("remove", &conf_path, e))?;
@@ -374,13 +375,13 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
             let backup = read_json(&conf_dir.join(BACKUP_DIR).join(&state.written))?;
             match backup {
                 Some((bytes, original)) if original == stripped => {
-                    atomic::write(&written, &bytes, 0o644)
+                    atomic::write(&written, &bytes, mode_of(&written))
                         .map_err(|e| io_err("write", &written, e))?;
                     report.say(format!("restored the original {}", written.display()));
                 }
                 _ if had_ours => {
                     // Edited since install: keep the owner's changes, drop only our entry.
-                    atomic::write(&written, &pretty(&stripped), 0o644)
+                    atomic::write(&written, &pretty(&stripped), mode_of(&written))
                         .map_err(|e| io_err("write", &written, e))?;
                     report.say(format!("removed wgmesh-cni from {}", written.display()));
                 }
@@ -399,8 +400,8 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
                 report.say(format!("removed {}", written.display()));
                 return Ok(false);
             }
-            let Some((bytes, original)) = read_json(&conf_dir.join(BACKUP_DIR).join(conf_name))?
-            else {
+            let backup = conf_dir.join(BACKUP_DIR).join(conf_name);
+            let Some((bytes, original)) = read_json(&backup)? else {
                 return Ok(false);
             };
             let current = read_json(&written)?;
@@ -408,7 +409,7 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
                 .as_ref()
                 .is_none_or(|(_, v)| strip(v).0 == conf_to_list(&original));
             if unchanged {
-                atomic::write(&conf_path, &bytes, 0o644)
+                atomic::write(&conf_path, &bytes, mode_of(&backup))
                     .map_err(|e| io_err("write", &conf_path, e))?;
                 remove_if_exists(&written)?;
                 report.say(format!(
@@ -419,7 +420,7 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
                 return Ok(false);
             }
             if let Some((_, v)) = current {
-                atomic::write(&written, &pretty(&strip(&v).0), 0o644)
+                atomic::write(&written, &pretty(&strip(&v).0), mode_of(&written))
                     .map_err(|e| io_err("write", &written, e))?;
                 report.say(format!(
                     "removed wgmesh-cni from the edited {}",
@@ -442,7 +443,7 @@ fn strip_without_state(conf_dir: &Path, report: &mut Report) -> Result<(), Insta
         let (stripped, had_ours) = strip(&p.value);
         if had_ours {
             let path = conf_dir.join(&p.name);
-            atomic::write(&path, &pretty(&stripped), 0o644)
+            atomic::write(&path, &pretty(&stripped), mode_of(&path))
                 .map_err(|e| io_err("write", &path, e))?;
             report.say(format!("removed wgmesh-cni from {}", path.display()));
         }
@@ -616,11 +617,18 @@ fn save_state(conf_dir: &Path, state: &State) -> Result<(), InstallError> {
         .map_err(|e| io_err("write", &path, e))
 }
 
-fn save_backup(conf_dir: &Path, name: &str, bytes: &[u8]) -> Result<(), InstallError> {
+/// The permission bits of `path`, or 0644 for a file that does not exist: a rewrite never
+/// makes the owner's config (0600 under the CIS benchmark) readable to more users.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o777)
+}
+
+fn save_backup(conf_dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let dir = conf_dir.join(BACKUP_DIR);
     fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
     let path = dir.join(name);
-    atomic::write_if_changed(&path, bytes, 0o644)
+    atomic::write_if_changed(&path, bytes, mode)
         .map(drop)
         .map_err(|e| io_err("write", &path, e))
 }

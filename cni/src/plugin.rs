@@ -22,6 +22,8 @@ pub struct Request {
     pub config: PluginConfig,
 }
 
+const IPV6_MIN_MTU: u32 = 1280;
+
 /// ADD: give the pod's interface(s) and the host-side veth the mesh MTU; pass prevResult on.
 pub fn add(req: &Request) -> Result<String, CniError> {
     let prev = prev_result(req)?;
@@ -29,6 +31,13 @@ pub fn add(req: &Request) -> Result<String, CniError> {
     let targets = result::targets(&prev, &req.ifname);
     let host = host_socket()?;
     let mesh = mesh_mtu(&req.config, &host)?;
+    // Below 1280 the kernel turns IPv6 off on a link and drops its addresses (RFC 8200 §5).
+    if mesh.value < IPV6_MIN_MTU && prev.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+        return Err(CniError::InvalidConfig(format!(
+            "the mesh MTU {} ({}) is below IPv6's minimum of {IPV6_MIN_MTU}, and the pod has an IPv6 address: the kernel would turn IPv6 off on its interface. Raise the underlay MTU or the \"mtu\" in the config",
+            mesh.value, mesh.reason
+        )));
+    }
     require_ready(req)?;
     let host_veths = host_veths(&host, &targets);
     netns.run(|| {

@@ -433,6 +433,28 @@ fn mesh_mtu_follows_the_underlay_or_the_config() {
 }
 
 #[test]
+fn an_mtu_below_1280_is_refused_for_a_pod_with_ipv6() {
+    // The kernel turns IPv6 off on a link below 1280 and drops its addresses: the pod would
+    // silently lose the IPv6 address prevResult lists.
+    let s = Sandbox::new(UNDERLAY);
+    s.set_ready(true);
+    let bridge = s.bridge_add("1.0.0");
+    let mut dual = bridge.clone();
+    dual["ips"].as_array_mut().unwrap().push(json!({ "interface": 2, "address": "fd00:44::5/64" }));
+    let add = |prev: &Value| {
+        s.invoke(WGMESH, &s.call("ADD"), s.wgmesh_conf("1.0.0", Some(prev), json!({ "mtu": 1200 })).to_string().as_bytes())
+    };
+    let refused = add(&dual);
+    assert_eq!(refused.error_code(), 7, "{}", refused.stdout);
+    assert!(refused.msg().contains("1280") && refused.msg().contains("IPv6"), "{}", refused.msg());
+    assert_eq!(s.pod_mtu("eth0"), 1500, "nothing changed");
+    // The same MTU for an IPv4-only pod is fine.
+    let ours = add(&bridge);
+    assert!(ours.ok, "{}", ours.stdout);
+    assert_eq!(s.pod_mtu("eth0"), 1200);
+}
+
+#[test]
 fn version_and_gc_answer_like_the_spec_says() {
     let s = Sandbox::new(UNDERLAY);
     let v = s.invoke(WGMESH, &s.call("VERSION"), br#"{"cniVersion":"1.1.0"}"#);

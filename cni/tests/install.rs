@@ -211,6 +211,31 @@ fn converts_a_single_plugin_conf_into_a_list_and_back() {
 }
 
 #[test]
+fn the_owners_file_mode_is_kept_through_install_conversion_backup_and_uninstall() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    // CIS asks for 0600 CNI configs: chaining must not make one readable to everyone.
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    let list = node.conf.join("10-calico.conflist");
+    fs::set_permissions(&list, fs::Permissions::from_mode(0o600)).unwrap();
+    node.install(&[]);
+    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(mode(&list), 0o600, "chained list");
+    assert_eq!(mode(&node.backup_dir().join("10-calico.conflist")), 0o600, "backup");
+    node.uninstall();
+    assert_eq!(fs::read_to_string(&list).unwrap(), CALICO);
+    assert_eq!(mode(&list), 0o600, "restored list");
+
+    let node = Node::new(&[("10-flannel.conf", FLANNEL_CONF)]);
+    let conf = node.conf.join("10-flannel.conf");
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+    node.install(&[]);
+    assert_eq!(mode(&node.conf.join("10-flannel.conflist")), 0o600, "converted list");
+    node.uninstall();
+    assert_eq!(mode(&conf), 0o600, "restored .conf");
+}
+
+#[test]
 fn writes_a_standalone_bridge_list_when_there_is_no_primary() {
     let node = Node::new(&[("README", "x")]);
     let (ok, text) = node.run("install", &[]);

@@ -246,12 +246,15 @@ impl Agent {
             Some(l) => self.sync_link(l),
             None => Ok(()),
         };
+        // Routes and the rule before the engine's UAPI calls, so a hung engine (10 s per
+        // call) never delays their repair; a route with no peer in the engine yet only drops.
+        let routes_result = self.sync_routes(link.as_ref().map(|l| l.index), true);
         let engine_result = match (&started, &link) {
             (Ok(_), Some(_)) => self.sync_engine(),
             _ => Ok(()),
         };
-        self.sync_routes(link.as_ref().map(|l| l.index), true)?;
 
+        routes_result?;
         started?;
         source_result?;
         link_result?;
@@ -552,21 +555,25 @@ impl Agent {
         // drops go in before the routes that punch holes in them, and before the rule
         let mut replace = diff.replace.clone();
         replace.sort_by_key(|r| !matches!(r.kind, RouteKind::Unreachable));
+        // Each route on its own: one that keeps failing (say IPv6 off on the link) must not
+        // hold back the others or the rule's repair. The first error is reported.
+        let mut first_error = None;
         for r in &replace {
             tracing::info!(dst = %r.dst, kind = ?r.kind, table = r.table, "route");
-            self.nl
-                .replace_route(r)
-                .map_err(nl_err(format!("add route {}", r.dst)))?;
+            if let Err(e) = self.nl.replace_route(r) {
+                first_error.get_or_insert(nl_err(format!("add route {}", r.dst))(e));
+            }
         }
         if allow_delete {
             for r in &diff.delete {
                 tracing::info!(dst = %r.dst, kind = ?r.kind, table = r.table, "removing route");
-                self.nl
-                    .delete_route(r)
-                    .map_err(nl_err(format!("delete route {}", r.dst)))?;
+                if let Err(e) = self.nl.delete_route(r) {
+                    first_error.get_or_insert(nl_err(format!("delete route {}", r.dst))(e));
+                }
             }
         }
-        self.sync_rules(&want, allow_delete)
+        let rules = self.sync_rules(&want, allow_delete);
+        first_error.map_or(rules, Err)
     }
 
     // before the first read of the source: add the drops and the rule, remove nothing
@@ -605,7 +612,7 @@ impl Agent {
         );
         let have_rules = self
             .nl
-            .rules(self.cfg.table, self.cfg.rule_priority)
+            .rules(self.cfg.table)
             .map_err(nl_err("list rules"))?;
         let (add, del) = diff_rules(&have_rules, &rules);
         for r in &add {

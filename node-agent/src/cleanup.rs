@@ -28,9 +28,9 @@ pub fn cleanup(p: &CleanupPlan) -> Vec<String> {
     };
     if let Some(nl) = nl.as_mut() {
         // the rule first: without it nothing uses the table, whatever is left in it
-        match nl.rules(p.table, p.rule_priority) {
+        match nl.rules(p.table) {
             Ok(rules) => {
-                for r in rules.iter().filter(|r| r.table == p.table) {
+                for r in &rules {
                     match nl.delete_rule(r) {
                         Ok(()) => tracing::info!(
                             priority = r.priority,

@@ -199,7 +199,16 @@ impl RunArgs {
 mod tests {
     use super::*;
 
+    /// Parses `args`, with a cluster CIDR added unless they speak of one (fail-closed needs it).
     fn parse(args: &[&str]) -> Result<AgentConfig, String> {
+        let mut args = args.to_vec();
+        if args.get(1) == Some(&"run") && !args.iter().any(|a| a.contains("cluster-cidr") || *a == "--no-fail-closed") {
+            args.push("--cluster-cidr=10.244.0.0/16");
+        }
+        parse_exactly(&args)
+    }
+
+    fn parse_exactly(args: &[&str]) -> Result<AgentConfig, String> {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Run(r) => (*r).into_config(),
@@ -223,6 +232,19 @@ mod tests {
         );
         let c = parse(&["a", "run", "--node-name", "n1"]).expect("parse");
         assert!(matches!(c.source, Source::Kubernetes), "the default source");
+    }
+
+    #[test]
+    fn fail_closed_needs_a_cluster_cidr_and_kernel_rule_priorities_are_refused() {
+        let e = parse_exactly(&["a", "run", "--node-name", "n1", "--peer-dir", "d"]).unwrap_err();
+        assert!(e.contains("--cluster-cidr"), "{e}");
+        let c = parse_exactly(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--no-fail-closed"]).expect("parse");
+        assert!(!c.fail_closed && c.cluster_cidrs.is_empty());
+        for p in ["0", "32766", "32767"] {
+            let e = parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--rule-priority", p]).unwrap_err();
+            assert!(e.contains("--rule-priority"), "{p}: {e}");
+        }
+        assert!(parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--rule-priority", "32765"]).is_ok());
     }
 
     #[test]

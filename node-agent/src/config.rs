@@ -71,6 +71,16 @@ impl AgentConfig {
         if self.fwmark == 0 {
             return Err("--fwmark must not be 0: it keeps the engine's own UDP packets out of the mesh table".into());
         }
+        // 0, 32766 and 32767 hold the kernel's local, main and default rules.
+        if matches!(self.rule_priority, 0 | 32766 | 32767) {
+            return Err(format!(
+                "--rule-priority {} is where the kernel's own rules sit; pick one below 32766",
+                self.rule_priority
+            ));
+        }
+        if self.fail_closed && self.cluster_cidrs.is_empty() {
+            return Err("fail-closed needs the cluster's pod network: pass --cluster-cidr (or --no-fail-closed)".into());
+        }
         if self.table == 0 || (253..=255).contains(&self.table) {
             return Err(format!(
                 "--table {} is a reserved routing table",

@@ -38,6 +38,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handler")?;
             }
+            // A file a killed agent left must not admit pods while this one cannot start.
+            if let Err(e) = wgmesh_node_agent::readiness::Readiness::new(&cfg.readiness_path).set(false) {
+                tracing::warn!(error = %e, path = %cfg.readiness_path.display(), "cannot remove a stale readiness file");
+            }
             let mut agent = Agent::new(cfg)?;
             agent.run(&stop);
             Ok(ExitCode::SUCCESS)

@@ -263,8 +263,8 @@ impl Netlink {
         }
     }
 
-    /// Rules that point at `table` or sit at `priority` (both families).
-    pub fn rules(&mut self, table: u32, priority: u32) -> io::Result<Vec<Rule>> {
+    /// Rules that point at `table` (both families).
+    pub fn rules(&mut self, table: u32) -> io::Result<Vec<Rule>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RuleMessage::default();
@@ -281,7 +281,9 @@ impl Netlink {
                     continue;
                 };
                 let rule = rule_of(&r);
-                if rule.table == table || rule.priority == priority {
+                // Only rules into our table are ours: another program's rule at our priority
+                // (Cilium moves `lookup local` there) must never be touched.
+                if rule.table == table {
                     out.push(rule);
                 }
             }

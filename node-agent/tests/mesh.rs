@@ -432,6 +432,23 @@ fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_sec
     assert!(s.wireguard[4] > 200, "{s:?}");
 }
 
+#[test]
+fn a_deleted_rule_comes_back_while_another_route_keeps_failing() {
+    let _serial = serial();
+    let (mut m, cap, p1, p2) = two_nodes_up();
+    let (node_ns, ifname) = (m.node(1).ns.clone(), m.node(1).ifname.clone());
+    // IPv6 off on the tunnel link: every IPv6 route through it fails from now on.
+    sysctl(&node_ns, &format!("net.ipv6.conf.{ifname}.disable_ipv6=1"));
+    std::thread::sleep(Duration::from_millis(600));
+    let ours = |rules: &str| rules.lines().any(|l| l.contains(&format!("lookup {TABLE}")));
+    assert!(ours(&ip(&["-n", &node_ns, "-4", "rule"])));
+    ip(&["-n", &node_ns, "-4", "rule", "del", "priority", "100", "table", TABLE]);
+    let back = wait_for(Duration::from_secs(3), || ours(&ip(&["-n", &node_ns, "-4", "rule"])));
+    assert!(back.is_some(), "the IPv4 rule was not repaired: {}", ip(&["-n", &node_ns, "-4", "rule"]));
+    assert!(ping(&p1.ns, p2.v4, 2, "2"), "IPv4 pod traffic after the repair");
+    only_wireguard(&mut m, cap);
+}
+
 /// `wg show IFACE WHAT` in node namespace `ns`, as lines of tab-separated fields.
 fn wg_show(ns: &str, ifname: &str, what: &str) -> Vec<Vec<String>> {
     let o = in_ns(ns, &["wg", "show", ifname, what]);
@@ -595,6 +612,16 @@ fn cleanup_removes_everything_the_agent_installed() {
             .all(|l| !l.contains("lookup 51820")),
         "rule installed"
     );
+    // Another program's rule at our priority (Cilium moves `lookup local` there) is not ours:
+    // neither the running agent nor cleanup may remove it.
+    for fam in ["-4", "-6"] {
+        ip(&["-n", &node_ns, fam, "rule", "add", "priority", "100", "lookup", "1234"]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for fam in ["-4", "-6"] {
+        let rules = ip(&["-n", &node_ns, fam, "rule"]);
+        assert!(rules.contains("100:\tfrom all lookup 1234"), "the agent removed a foreign rule: {rules}");
+    }
     m.kill_agent(1);
     let o = in_ns(
         &node_ns,
@@ -615,6 +642,7 @@ fn cleanup_removes_everything_the_agent_installed() {
     for fam in ["-4", "-6"] {
         let rules = ip(&["-n", &node_ns, fam, "rule"]);
         assert!(!rules.contains("51820"), "rule left: {rules}");
+        assert!(rules.contains("lookup 1234"), "cleanup removed a foreign rule: {rules}");
         let routes = ip(&["-n", &node_ns, fam, "route", "show", "table", TABLE]);
         assert!(routes.trim().is_empty(), "routes left: {routes}");
     }
