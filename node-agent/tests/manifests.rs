@@ -27,6 +27,7 @@ use wgmesh_node_agent::uapi_client::UapiClient;
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 const NODE_FILE: &str = "node-agent/node-agent.yaml";
 const OPERATOR_FILE: &str = "operator/operator.yaml";
+const CLEANUP_FILE: &str = "cleanup/cleanup.yaml";
 const DOCKERFILE: &str = "images/Dockerfile";
 /// Stands in for the cluster CIDR a user must fill in before applying.
 const SAMPLE_CIDR: &str = "10.244.0.0/16";
@@ -776,7 +777,77 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
 fn all_problems(inp: &Inputs) -> Vec<String> {
     let mut p = document_problems(inp);
     p.extend(node_problems(inp));
+    if let Err(e) = cleanup_checks(inp, &mut p) {
+        p.push(e);
+    }
     p
+}
+
+/// deploy/cleanup undoes, on every node, what the wgmesh-node DaemonSet put there: checked
+/// through both binaries' real parsers against the node manifest's paths and names.
+fn cleanup_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("cleanup: {what}"));
+        }
+    };
+    let pod = |file: &str, what: &str| -> Result<PodSpec, String> {
+        let ds: DaemonSet = only(find(inp, file, "DaemonSet")?, what)?;
+        Ok(ds.spec.unwrap_or_default().template.spec.unwrap_or_default())
+    };
+    let (node, spec) = (pod(NODE_FILE, "DaemonSet")?, pod(CLEANUP_FILE, "cleanup DaemonSet")?);
+    check(spec.host_network == Some(true), "not hostNetwork (the rule, table and wgmesh0 are the node's)".into());
+    check(
+        spec.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "no toleration for every taint".into(),
+    );
+    let steps = spec.init_containers.clone().unwrap_or_default();
+    let names: Vec<&str> = steps.iter().map(|c| c.name.as_str()).collect();
+    if names != ["uninstall-cni", "cleanup"] {
+        return Err(format!("cleanup: init containers {names:?}: want the CNI uninstalled first, then the node cleaned"));
+    }
+    let node_container = |name: &str| {
+        node.init_containers.iter().flatten().chain(&node.containers).find(|c| c.name == name).cloned()
+    };
+    let (install, agent) = (node_container("install-cni"), node_container("agent"));
+    let (Some(install), Some(agent)) = (install, agent) else {
+        return Err("cleanup: the node DaemonSet has no install-cni or agent container to compare with".into());
+    };
+    // The CNI side: the host directories install-cni wrote.
+    let un = &steps[0];
+    let a = argv(un, &env_of(un));
+    let installed = match wgmesh_cni::cli::parse(&argv(&install, &env_of(&install))[1..]) {
+        Ok(wgmesh_cni::cli::Command::Install(o)) => [o.bin_dir, o.conf_dir],
+        _ => return Err("cleanup: the node's install-cni does not parse".into()),
+    };
+    match wgmesh_cni::cli::parse(&a[1.min(a.len())..]) {
+        Ok(wgmesh_cni::cli::Command::Uninstall { bin_dir, conf_dir }) if a[0] == "wgmesh-cni" => {
+            for (mine, theirs) in [bin_dir, conf_dir].iter().zip(&installed) {
+                let m = host_path(&spec, un, mine).map(|h| h.0);
+                let t = host_path(&node, &install, theirs).map(|h| h.0);
+                check(m.is_ok() && m == t, format!("uninstall-cni works on {m:?}, install-cni wrote {t:?}"));
+            }
+        }
+        other => check(false, format!("uninstall-cni does not run `wgmesh-cni uninstall`: {a:?} {other:?}")),
+    }
+    // The node side: the agent's interface, table, rule and readiness file.
+    let cfg = agent_config(&agent, SAMPLE_CIDR)?;
+    let c = &steps[1];
+    match Cli::try_parse_from(argv(c, &env_of(c))).map(|cli| cli.command) {
+        Ok(Command::Cleanup(args)) => {
+            let x = &args.common;
+            check(
+                (x.interface.as_str(), x.table, x.rule_priority) == (cfg.interface.as_str(), cfg.table, cfg.rule_priority),
+                format!("cleans {} / table {} / priority {}, the agent uses {} / {} / {}", x.interface, x.table, x.rule_priority, cfg.interface, cfg.table, cfg.rule_priority),
+            );
+            let m = host_path(&spec, c, &x.readiness_path).map(|h| h.0);
+            let t = host_path(&node, &agent, &cfg.readiness_path).map(|h| h.0);
+            check(m.is_ok() && m == t, format!("removes the readiness file at {m:?}, the agent writes {t:?}"));
+        }
+        other => check(false, format!("the cleanup step does not run `wgmesh-node-agent cleanup`: {other:?}")),
+    }
+    check(capabilities_add(c).iter().any(|x| x == "NET_ADMIN"), "the cleanup step lacks NET_ADMIN".into());
+    Ok(())
 }
 
 #[test]
@@ -871,6 +942,38 @@ type Breakage = (&'static str, fn(&mut Inputs), &'static str);
 
 /// One way to break the inputs per check, and the words its problem must contain.
 const BREAKAGES: &[Breakage] = &[
+    (
+        "cleanup before the CNI uninstall",
+        |i| {
+            let pod = &mut doc_mut(i, CLEANUP_FILE, "DaemonSet", "wgmesh-cleanup")["spec"]["template"]["spec"];
+            pod["initContainers"].as_array_mut().unwrap().reverse();
+        },
+        "want the CNI uninstalled first",
+    ),
+    (
+        "cleanup of another interface",
+        |i| {
+            doc_mut(i, CLEANUP_FILE, "DaemonSet", "wgmesh-cleanup")["spec"]["template"]["spec"]["initContainers"][1]["args"][1] =
+                json!("--interface=wg9");
+        },
+        "cleans wg9",
+    ),
+    (
+        "CNI uninstalled from another conf dir",
+        |i| {
+            doc_mut(i, CLEANUP_FILE, "DaemonSet", "wgmesh-cleanup")["spec"]["template"]["spec"]["volumes"][1]["hostPath"]["path"] =
+                json!("/etc/cni/other.d");
+        },
+        "uninstall-cni works on",
+    ),
+    (
+        "readiness file elsewhere",
+        |i| {
+            doc_mut(i, CLEANUP_FILE, "DaemonSet", "wgmesh-cleanup")["spec"]["template"]["spec"]["volumes"][2]["hostPath"]["path"] =
+                json!("/run/other");
+        },
+        "removes the readiness file at",
+    ),
     (
         "misspelled field",
         |i| pod_mut(i)["hostNetwrok"] = json!(true),
