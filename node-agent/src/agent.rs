@@ -448,7 +448,7 @@ impl Agent {
             public_key: self.public_key,
             listen_port: self.cfg.listen_port,
             fwmark: self.cfg.fwmark,
-            peers: self.peers.clone(),
+            peers: crate::resolve::with_engine_psks(&self.peers, &observed),
         };
         let now = Instant::now();
         let may_kick: BTreeSet<PublicKey> = self

@@ -255,6 +255,7 @@ mod tests {
             allowed_ips: ips.iter().map(|s| cidr(s)).collect(),
             persistent_keepalive: 0,
             preshared_key: None,
+            keep_engine_psk: false,
         }
     }
 
