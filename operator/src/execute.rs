@@ -32,6 +32,51 @@ pub enum ExecuteError {
     },
 }
 
+/// The longest one API call may take. kube's client has no read timeout outside watches, so
+/// a half-open connection would hold the leader, still renewing its Lease, forever.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs one API call with `limit`; running out of time is an error like any other.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(kube::Error::Service(format!("no answer from the API server within {limit:?}").into()))
+    })
+}
+
+/// events.k8s.io/v1 refuses a note over 1024 bytes (and a refused Event was retried forever).
+const NOTE_MAX: usize = 1000;
+
+/// The Event for `ev`. Its action carries a digest of the note: kube's recorder merges Events
+/// with the same type, action and reason into a series that keeps the first note, so a
+/// changed message would never be shown.
+pub fn event_of(ev: &crate::plan::PlannedEvent) -> Event {
+    use std::hash::{Hash, Hasher};
+    let mut note = ev.note.clone();
+    if note.len() > NOTE_MAX {
+        let mut cut = NOTE_MAX;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str(" [...]");
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    note.hash(&mut h);
+    Event {
+        type_: match ev.severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: ev.reason.clone(),
+        note: Some(note),
+        action: format!("Validate-{:08x}", h.finish() as u32),
+        secondary: None,
+    }
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -56,7 +101,7 @@ pub async fn execute(
             return Err(ExecuteError::NotLeader { done: total - 1 });
         }
         let name = peer.name_any();
-        match peers.patch(&name, &params, &Patch::Apply(peer)).await {
+        match within(CALL_TIMEOUT, peers.patch(&name, &params, &Patch::Apply(peer))).await {
             Ok(_) => {
                 metrics.write("apply");
                 tracing::info!(peer = %name, "applied node peer");
@@ -73,7 +118,7 @@ pub async fn execute(
         if !still_leader() {
             return Err(ExecuteError::NotLeader { done: total - 1 });
         }
-        match peers.delete(name, &DeleteParams::background()).await {
+        match within(CALL_TIMEOUT, peers.delete(name, &DeleteParams::background())).await {
             Ok(_) => {
                 metrics.write("delete");
                 tracing::info!(peer = %name, "deleted node peer");
@@ -97,10 +142,7 @@ pub async fn execute(
             "kind": "WireGuardPeer",
             "status": status,
         });
-        match peers
-            .patch_status(name, &params, &Patch::Apply(&body))
-            .await
-        {
+        match within(CALL_TIMEOUT, peers.patch_status(name, &params, &Patch::Apply(&body))).await {
             Ok(_) => {
                 metrics.write("status");
                 tracing::debug!(peer = %name, "applied status");
@@ -118,17 +160,8 @@ pub async fn execute(
         if !still_leader() {
             return Err(ExecuteError::NotLeader { done: total - 1 });
         }
-        let event = Event {
-            type_: match ev.severity {
-                Severity::Normal => EventType::Normal,
-                Severity::Warning => EventType::Warning,
-            },
-            reason: ev.reason.clone(),
-            note: Some(ev.note.clone()),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        match recorder.publish(&event, &ev.regarding).await {
+        let event = event_of(ev);
+        match within(CALL_TIMEOUT, recorder.publish(&event, &ev.regarding)).await {
             Ok(()) => {
                 metrics.write("event");
                 tracing::info!(
@@ -154,5 +187,39 @@ pub async fn execute(
             total,
             first,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedEvent;
+
+    fn planned(note: &str) -> PlannedEvent {
+        PlannedEvent {
+            regarding: Default::default(),
+            severity: Severity::Warning,
+            reason: "InvalidEndpoint".into(),
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn event_notes_fit_the_api_and_a_new_note_is_a_new_event() {
+        // A long annotation quoted in a note, with multi-byte characters at the cut.
+        let long = format!("node excluded: annotation {}", "é".repeat(1500));
+        let e = event_of(&planned(&long));
+        let note = e.note.unwrap_or_default();
+        assert!(note.len() <= 1024 && note.ends_with("[...]"), "{} bytes", note.len());
+        let (a, b) = (event_of(&planned("no InternalIP")), event_of(&planned("bad endpoint")));
+        assert_ne!(a.action, b.action, "the recorder would fold the second into the first");
+        assert_eq!(a.action, event_of(&planned("no InternalIP")).action, "the same note is the same series");
+        assert!(a.action.len() <= 128);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_answers_is_an_error() {
+        let r = within(std::time::Duration::from_millis(50), std::future::pending::<Result<(), kube::Error>>()).await;
+        assert!(matches!(r, Err(kube::Error::Service(_))), "{r:?}");
     }
 }

@@ -8,6 +8,7 @@
 //! judged on this replica's monotonic clock (time since the record last changed), never by
 //! comparing wall clocks across nodes.
 
+use crate::execute::within;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -226,7 +227,7 @@ async fn elect(
     let mut held: Option<Lease> = None;
     loop {
         let started = Instant::now();
-        match api.get_opt(&cfg.lease_name).await {
+        match within(cfg.renew_deadline, api.get_opt(&cfg.lease_name)).await {
             Err(e) => tracing::warn!(error = %e, "reading leader lease failed"),
             Ok(lease) => {
                 let fp = fingerprint(lease.as_ref());
@@ -250,7 +251,8 @@ async fn elect(
                     (_, None) => {
                         let spec =
                             record(None, 0, &cfg.identity, duration_secs(cfg.lease_duration));
-                        api.create(&PostParams::default(), &lease_object(&cfg, None, spec))
+                        let body = lease_object(&cfg, None, spec);
+                        within(cfg.renew_deadline, api.create(&PostParams::default(), &body))
                             .await
                             .map(Some)
                     }
@@ -270,7 +272,7 @@ async fn elect(
                         );
                         let body =
                             lease_object(&cfg, existing.metadata.resource_version.clone(), spec);
-                        api.patch(&cfg.lease_name, &apply, &Patch::Apply(&body))
+                        within(cfg.renew_deadline, api.patch(&cfg.lease_name, &apply, &Patch::Apply(&body)))
                             .await
                             .map(Some)
                     }
@@ -316,10 +318,7 @@ async fn elect(
             1,
         );
         let body = lease_object(&cfg, lease.metadata.resource_version.clone(), spec);
-        match api
-            .patch(&cfg.lease_name, &apply, &Patch::Apply(&body))
-            .await
-        {
+        match within(cfg.renew_deadline, api.patch(&cfg.lease_name, &apply, &Patch::Apply(&body))).await {
             Ok(_) => tracing::info!("released leader lease"),
             Err(e) => tracing::warn!(error = %e, "releasing leader lease failed"),
         }

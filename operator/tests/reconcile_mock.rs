@@ -310,3 +310,25 @@ async fn nothing_changed_sends_no_request() {
     let seen = reconcile(nodes, observed).await;
     assert_eq!(requests(&seen), Vec::<(String, String)>::new());
 }
+
+#[tokio::test]
+async fn an_api_server_that_never_answers_fails_the_pass_instead_of_holding_it() {
+    // A half-open connection: the request arrives and no answer ever comes. The pass must end
+    // with an error (retried with backoff), not wait while the leader keeps renewing its Lease.
+    let (mut ctx, mut handle) = context();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            held.push((req, send));
+        }
+        held.len()
+    });
+    let nodes: Vec<Arc<Node>> = two_nodes().into_iter().take(1).map(Arc::new).collect();
+    let limit = wgmesh_operator::execute::CALL_TIMEOUT * 3;
+    let result = tokio::time::timeout(limit, reconcile_once(&mut ctx, &nodes, &[], ts(NOW).0, &|| true)).await;
+    let Ok(result) = result else { panic!("the pass still waited after {limit:?}") };
+    let err = result.expect_err("no write was answered");
+    assert!(format!("{err}").contains("no answer from the API server"), "{err}");
+    drop(ctx);
+    assert!(server.await.unwrap_or_default() >= 1);
+}
