@@ -320,6 +320,16 @@ pub struct Capture {
     pub file: PathBuf,
 }
 
+impl Drop for Capture {
+    /// A failing test must not leave tcpdump running: killed unless `stop_capture` reaped it.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The mesh; see the module docs.
 pub struct Mesh {
     pub id: u32,
