@@ -32,6 +32,14 @@ pub enum EngineError {
         ifname: String,
         status: std::process::ExitStatus,
     },
+    #[error("the engine failed to start {0} times in a row; trying again with backoff (at most every 30 s)")]
+    Backoff(u32),
+}
+
+/// After a failed start the next waits 0.5 s, then 1 s, 2 s, ... up to 30 s: a broken engine
+/// is not re-spawned four times a second.
+fn backoff(failures: u32) -> std::time::Duration {
+    (std::time::Duration::from_millis(250) * 2u32.saturating_pow(failures.min(7))).min(std::time::Duration::from_secs(30))
 }
 
 /// Finds the engine binary: an explicit path, else `wgmesh-tunnel` next to our own
@@ -50,6 +58,8 @@ pub struct Engine {
     binary: PathBuf,
     mode: EngineMode,
     client: UapiClient,
+    /// Starts that failed in a row, and when the next may be tried.
+    failures: std::cell::Cell<(u32, Option<std::time::Instant>)>,
 }
 
 impl Engine {
@@ -59,6 +69,7 @@ impl Engine {
             binary: binary.to_owned(),
             mode,
             client: UapiClient::new(ifname),
+            failures: std::cell::Cell::new((0, None)),
         }
     }
 
@@ -69,11 +80,25 @@ impl Engine {
     /// Makes sure an engine serves the interface; returns true if it was started now.
     pub fn ensure(&self) -> Result<bool, EngineError> {
         if self.client.alive() {
+            self.failures.set((0, None));
             return Ok(false);
         }
         if self.mode == EngineMode::Attach {
             return Err(EngineError::Absent(self.client.path().to_owned()));
         }
+        let (failures, next) = self.failures.get();
+        if next.is_some_and(|t| std::time::Instant::now() < t) {
+            return Err(EngineError::Backoff(failures));
+        }
+        let started = self.start();
+        match &started {
+            Ok(_) => self.failures.set((0, None)),
+            Err(_) => self.failures.set((failures + 1, Some(std::time::Instant::now() + backoff(failures + 1)))),
+        }
+        started
+    }
+
+    fn start(&self) -> Result<bool, EngineError> {
         // the engine daemonizes and returns once its TUN and socket exist (wireguard-go's way)
         let status = Command::new(&self.binary)
             .arg(&self.ifname)
@@ -93,5 +118,34 @@ impl Engine {
             });
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_failing_engine_is_started_again_with_backoff_not_every_tick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bin, count) = (dir.path().join("engine"), dir.path().join("starts"));
+        std::fs::write(&bin, format!("#!/bin/sh\necho start >> {}\nexit 1\n", count.display())).expect("write");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let e = Engine::new(&format!("wgb{}", std::process::id() % 100_000), &bin, EngineMode::Auto);
+        // The agent's ticks, every 50 ms for a second.
+        let t = Instant::now();
+        let mut errors = Vec::new();
+        while t.elapsed() < Duration::from_secs(1) {
+            errors.push(e.ensure().expect_err("the engine never starts").to_string());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let starts = std::fs::read_to_string(&count).unwrap_or_default().lines().count();
+        assert!((1..=3).contains(&starts), "{starts} starts in a second");
+        assert!(errors[0].contains("failed to start (exit status: 1)"), "{errors:?}");
+        assert!(errors.iter().any(|m| m.contains("with backoff")), "{errors:?}");
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(40), Duration::from_secs(30));
     }
 }
