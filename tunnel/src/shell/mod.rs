@@ -517,7 +517,8 @@ impl Engine {
     fn monitor(&self) {
         let mut batch = Batch::default();
         let mut out = TunWriter::default();
-        let mut unbound_since: Option<std::time::Instant> = None;
+        // When binding was last tried: retried every second while the link is up without a socket.
+        let mut bind_tried = std::time::Instant::now();
         while !self.stopped() {
             let Some(flags) = link_flags(&self.name) else {
                 tracing::info!(interface = %self.name, "interface deleted; exiting");
@@ -534,25 +535,25 @@ impl Engine {
             }
             if up != st.dev.is_up() {
                 if up {
+                    bind_tried = std::time::Instant::now();
                     if let Err(e) = self.rebind(&mut st, true) {
                         tracing::warn!(port = st.listen_port, error = %e, "cannot bind UDP port; retrying every second");
-                        unbound_since = Some(std::time::Instant::now());
                     }
                 } else {
                     *self.bind.write().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 st.dev.set_up(up, now(), &mut batch);
                 tracing::info!(interface = %self.name, up, "link state");
-            } else if up && unbound_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
+            } else if up
+                && bind_tried.elapsed() >= Duration::from_secs(1)
+                && self.bind.read().unwrap_or_else(|e| e.into_inner()).is_none()
+            {
                 // The port was taken when the link came up (the kernel would refuse the link):
                 // keep trying, so the tunnel comes up once the port is free.
-                unbound_since = self.rebind(&mut st, false).err().map(|_| std::time::Instant::now());
-                if unbound_since.is_none() {
+                bind_tried = std::time::Instant::now();
+                if self.rebind(&mut st, false).is_ok() {
                     tracing::info!(port = st.listen_port, "UDP port bound");
                 }
-            }
-            if !up || self.bind.read().unwrap_or_else(|e| e.into_inner()).is_some() {
-                unbound_since = None;
             }
             drop(st);
             self.flush(&mut batch, &mut [], &mut out);
