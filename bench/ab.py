@@ -29,6 +29,7 @@ def main():
         if not os.access(b, os.X_OK):
             sys.exit(f"{b}: not an executable")
     results = {b: [] for b in a.bins}
+    t.exit_on_sigterm()
     try:
         for run in range(a.runs):
             for b in a.bins:

@@ -40,6 +40,7 @@ def main():
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
+    t.exit_on_sigterm()
     try:
         dst = t.setup(a.mode, a.bin)[0]
         t.sh(f"ip netns exec {t.NS[1]} iperf3 -s -D -p 5201 --logfile /dev/null")

@@ -13,7 +13,7 @@ the ratio of ours to each other engine. Needs root, iperf3, wireguard-tools, wir
 
 Usage: bench/throughput.py [--reps 3] [--seconds 5] [--modes veth,ours,wggo,...] [--bin PATH]
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, time
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = ("wgbench1", "wgbench2")
@@ -24,6 +24,12 @@ def sh(cmd, check=True, **kw):
     if check and r.returncode != 0:
         raise RuntimeError(f"{cmd}: {r.stderr.strip()}")
     return r.stdout
+
+
+def exit_on_sigterm():
+    """SIGTERM (pkill, a CI timeout) ends the run through its `finally`, so the namespaces and
+    engines go too; Python's default would die on the spot and leave them."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
 
 
 def cleanup():
@@ -130,6 +136,7 @@ def main():
         sys.exit(f"{a.bin} missing: cargo build --release -p wgmesh-tunnel")
     modes = a.modes.split(",") if a.modes else ["veth", "ours", "wggo", "ours-wggo", "wggo-ours"] + (["boringtun", "boringtun1"] if shutil.which("boringtun-cli") else [])
     results = {m: [] for m in modes}
+    exit_on_sigterm()
     try:
         for rep in range(a.reps):
             for m in modes:

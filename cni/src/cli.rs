@@ -1,6 +1,6 @@
 //! Command-line parsing for `wgmesh-cni install` and `wgmesh-cni uninstall`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crate::{
     config::MTU_RANGE,
@@ -14,17 +14,22 @@ wgmesh-cni: chained CNI plugin for wgmesh (run by the container runtime with CNI
                        [--mtu N] [--underlay-interface IF] [--readiness-path PATH]
                        [--no-require-readiness]
                        [--pod-cidr CIDR]... [--bridge NAME] [--ip-masq] [--cni-version V]
+                       [--watch SECONDS]
   wgmesh-cni uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]
 
 install copies this binary to the CNI bin dir (default /opt/cni/bin) and appends wgmesh-cni to
 the primary config in the CNI conf dir (default /etc/cni/net.d). With no config there, it
 writes a standalone bridge + host-local + wgmesh-cni list for --pod-cidr. uninstall reverts.
+With --watch, install runs again every SECONDS until SIGTERM, so the entry comes back when the
+main plugin rewrites its config; it logs only what changed and never uninstalls on exit.
 ";
 
 /// A parsed subcommand.
 #[derive(Debug, Clone)]
 pub enum Command {
     Install(InstallOptions),
+    /// `install --watch`: install, then again every `every` until stopped.
+    Watch { opts: InstallOptions, every: Duration },
     Uninstall { bin_dir: PathBuf, conf_dir: PathBuf },
 }
 
@@ -41,6 +46,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut readiness = None;
     let mut require_readiness = true;
     let mut standalone = StandaloneOptions::default();
+    let mut watch = None;
     let installing = sub == "install";
     if !installing && sub != "uninstall" {
         return Err(format!("unknown subcommand {sub:?}"));
@@ -77,6 +83,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             ("--bridge", true) => standalone.bridge = value()?,
             ("--ip-masq", true) => standalone.ip_masq = true,
             ("--cni-version", true) => standalone.cni_version = value()?,
+            ("--watch", true) => {
+                let v = value()?;
+                let secs = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| (1..=3600).contains(s))
+                    .ok_or_else(|| format!("--watch {v:?} is not a number of seconds from 1 to 3600"))?;
+                watch = Some(Duration::from_secs(secs));
+            }
             _ => return Err(format!("unknown option {arg:?} for {sub}")),
         }
     }
@@ -87,7 +102,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some(s) => s,
         None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
     };
-    Ok(Command::Install(InstallOptions {
+    let opts = InstallOptions {
         bin_dir,
         conf_dir,
         source_binary,
@@ -98,7 +113,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             require_readiness,
         ),
         standalone,
-    }))
+    };
+    Ok(match watch {
+        Some(every) => Command::Watch { opts, every },
+        None => Command::Install(opts),
+    })
 }
 
 #[cfg(test)]
@@ -130,5 +149,17 @@ mod tests {
         assert!(parse(&args("uninstall --mtu 1400")).is_err());
         assert!(parse(&args("frobnicate")).is_err());
         assert!(parse(&[]).is_err());
+        assert!(parse(&args("install --watch 0")).is_err());
+        assert!(parse(&args("install --watch 1.5")).is_err());
+        assert!(parse(&args("uninstall --watch 5")).is_err());
+    }
+
+    #[test]
+    fn watch_is_install_with_a_period() {
+        let Ok(Command::Watch { opts, every }) = parse(&args("install --watch=7 --mtu 1380")) else {
+            panic!("did not parse");
+        };
+        assert_eq!(every, Duration::from_secs(7));
+        assert_eq!(opts.plugin["mtu"], 1380);
     }
 }

@@ -249,7 +249,7 @@ fn chain(
     }
     let desired = with_ours(&stripped, &opts.plugin);
     let path = opts.conf_dir.join(&p.name);
-    if desired == p.value {
+    if chains_once(&p.value, &opts.plugin) {
         report.say(format!("{} already chains wgmesh-cni", path.display()));
     } else {
         atomic::write(&path, &pretty(&desired), mode_of(&path)).map_err(|e| io_err("write", &path, e))?;
@@ -559,6 +559,14 @@ fn strip(list: &Value) -> (Value, bool) {
         had = plugins.len() != before;
     }
     (out, had)
+}
+
+/// Our entry is in the list once, as configured, behind the main plugin. Where another plugin
+/// put itself after it, the order is left alone rather than fought over on every `--watch` round.
+fn chains_once(list: &Value, plugin: &Map<String, Value>) -> bool {
+    let plugins = list.get("plugins").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let ours: Vec<(usize, &Value)> = plugins.iter().enumerate().filter(|(_, p)| is_ours(p)).collect();
+    matches!(ours.as_slice(), [(i, Value::Object(m))] if *i > 0 && m == plugin)
 }
 
 /// The list with our entry appended last (the "at the end of the chain").

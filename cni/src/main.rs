@@ -65,6 +65,7 @@ fn read_stdin(inv: &Invocation) -> Result<Vec<u8>, CniError> {
 fn installer(args: &[String]) -> ExitCode {
     let result = match cli::parse(args) {
         Ok(Command::Install(opts)) => install::install(&opts),
+        Ok(Command::Watch { opts, every }) => return watch(&opts, every),
         Ok(Command::Uninstall { bin_dir, conf_dir }) => install::uninstall(&bin_dir, &conf_dir),
         Err(e) => {
             eprintln!("wgmesh-cni: {e}\n\n{}", cli::USAGE);
@@ -83,4 +84,36 @@ fn installer(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `install --watch`: the main plugin may rewrite its config at any time (an upgrade, a
+/// restart of its installer) and drop our entry; installing again puts it back. Logs a round
+/// only when its outcome differs from the last one's, and exits 0 on SIGTERM or SIGINT without
+/// uninstalling (a rolling update must not take the entry away).
+fn watch(opts: &install::InstallOptions, every: std::time::Duration) -> ExitCode {
+    use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("wgmesh-cni: cannot install a signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut last = None;
+    while !stop.load(Ordering::Relaxed) {
+        let outcome = install::install(opts).map(|r| r.0).map_err(|e| e.to_string());
+        if last.as_ref() != Some(&outcome) {
+            match &outcome {
+                Ok(lines) => lines.iter().for_each(|l| println!("wgmesh-cni: {l}")),
+                Err(e) => eprintln!("wgmesh-cni: {e} (trying again every {}s)", every.as_secs()),
+            }
+            last = Some(outcome);
+        }
+        let until = std::time::Instant::now() + every;
+        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    println!("wgmesh-cni: stopped watching; the CNI config keeps its entry");
+    ExitCode::SUCCESS
 }

@@ -402,3 +402,85 @@ fn bad_arguments_fail_without_touching_anything() {
     assert_eq!(node.files(), before);
     assert!(!node.bin.join("wgmesh-cni").exists());
 }
+
+#[test]
+fn an_entry_another_plugin_put_itself_after_is_left_where_it_is() {
+    // istio-cni appends itself last too: moving ours back behind it on every --watch round
+    // would start a rewrite war between the two watchers.
+    let list = "{\"cniVersion\":\"0.3.1\",\"name\":\"k8s\",\"plugins\":[{\"type\":\"calico\"},{\"type\":\"wgmesh-cni\"},{\"type\":\"istio-cni\"}]}";
+    let node = Node::new(&[("10-calico.conflist", list)]);
+    let before = node.files();
+    let text = node.install(&[]);
+    assert_eq!(node.files(), before, "an entry already there as configured is not moved: {text}");
+    // Our options changed (an upgrade): the entry is replaced, once, at the end.
+    node.install(&["--mtu", "1380"]);
+    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "istio-cni", "wgmesh-cni"]);
+}
+
+/// Kills the watcher if a test fails before it was stopped.
+struct Watcher(std::process::Child);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok() {
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
+    use std::{io::Read, process::Stdio};
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    let chained = || plugin_types(&node.json("10-calico.conflist")) == ["calico", "portmap", "wgmesh-cni"];
+    let mut w = Watcher(
+        Command::new(WGMESH)
+            .arg("install")
+            .arg(format!("--cni-bin-dir={}", node.bin.display()))
+            .arg(format!("--cni-conf-dir={}", node.conf.display()))
+            .arg("--watch=1")
+            .env_remove("CNI_COMMAND")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    wait_for("the first install", chained);
+    assert_binary_installed(&node);
+    // Rounds with nothing to do, then Calico's installer writes its file again without us.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let rewritten = CALICO.replace("\"info\"", "\"debug\"");
+    fs::write(node.conf.join("10-calico.conflist"), &rewritten).unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the entry to come back", chained);
+    assert_eq!(node.json("10-calico.conflist")["plugins"][0]["log_level"], "debug", "the owner's change is kept");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) }, 0);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let status = loop {
+        if let Some(s) = w.0.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "still running 3 s after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    w.0.stdout.take().map(|mut o| o.read_to_string(&mut log));
+    w.0.stderr.take().map(|mut o| o.read_to_string(&mut log));
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(chained(), "stopping the watcher does not uninstall");
+    // Five or more rounds, but only changes are logged: the first install and its calm, the
+    // repair and its calm, then the stop.
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.iter().filter(|l| l.contains("chained wgmesh-cni into")).count(), 2, "{log}");
+    assert_eq!(lines.iter().filter(|l| l.contains("already chains")).count(), 2, "{log}");
+    assert!(lines.len() <= 6 && lines.last().is_some_and(|l| l.contains("stopped watching")), "{log}");
+}

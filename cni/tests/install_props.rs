@@ -108,7 +108,8 @@ proptest! {
                 prop_assert_eq!(files(&conf), before, "a refused install changed the configs: {}", e);
             }
             Ok(_) => {
-                // Exactly one loadable config chains us: last, once, behind at least one other plugin.
+                // Exactly one loadable config chains us: once, behind the main plugin (last,
+                // unless the list already had our entry there with another plugin after it).
                 let after = files(&conf);
                 let chaining: Vec<(&String, Vec<Option<String>>)> = after
                     .iter()
@@ -119,9 +120,10 @@ proptest! {
                     .collect();
                 prop_assert_eq!(chaining.len(), 1, "configs chaining wgmesh-cni: {:?}", chaining);
                 let types = &chaining[0].1;
-                prop_assert_eq!(types.last(), Some(&Some(PLUGIN_TYPE.to_owned())));
+                let at = types.iter().position(|t| t.as_deref() == Some(PLUGIN_TYPE));
+                prop_assert!(at.is_some_and(|i| i > 0), "{} chains wgmesh-cni behind nothing: {:?}", chaining[0].0, types);
+                prop_assert!(stale || at == Some(types.len() - 1), "a new entry goes last: {:?}", types);
                 prop_assert_eq!(types.iter().filter(|t| t.as_deref() == Some(PLUGIN_TYPE)).count(), 1);
-                prop_assert!(types.len() >= 2, "{} chains wgmesh-cni behind nothing: {:?}", chaining[0].0, types);
                 // Again: nothing changes.
                 install(&opts).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(files(&conf), after);

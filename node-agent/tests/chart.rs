@@ -147,7 +147,7 @@ fn values_reach_their_fields() {
     assert_eq!(agent["ports"][0]["containerPort"], json!(9700));
     assert_eq!(env(agent, "RUST_LOG"), json!("debug"));
     assert_eq!(container(&objs, ds, "tunnel")["args"], json!(["--foreground", "wgm1"]));
-    for c in ["agent", "tunnel", "install-cni"] {
+    for c in ["agent", "tunnel", "install-cni", "watch-cni"] {
         assert_eq!(container(&objs, ds, c)["image"], json!("registry.example/wgmesh-node:1.2.3"), "{c}");
     }
     let operator = container(&objs, op, "operator");

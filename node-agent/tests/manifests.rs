@@ -651,6 +651,31 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
         "install-cni turns the readiness gate off".into(),
     );
 
+    // the watcher: the same install, run again, so a main plugin's rewrite cannot drop the entry
+    let watcher = container("watch-cni", false)?;
+    let w = argv(&watcher, &env_of(&watcher));
+    check(
+        w.first().map(String::as_str) == Some("wgmesh-cni"),
+        format!("watch-cni command is not wgmesh-cni: {w:?}"),
+    );
+    match wgmesh_cni::cli::parse(&w[1.min(w.len())..]) {
+        Ok(wgmesh_cni::cli::Command::Watch { opts: wo, .. }) => {
+            check(
+                wo.plugin == opts.plugin && wo.standalone.pod_cidrs == opts.standalone.pod_cidrs,
+                format!("watch-cni installs another entry than install-cni: {:?} vs {:?}", wo.plugin, opts.plugin),
+            );
+            for (theirs, ours) in [(&wo.bin_dir, &opts.bin_dir), (&wo.conf_dir, &opts.conf_dir)] {
+                let (a, b) = (host_path(&spec, &watcher, theirs), host_path(&spec, &install, ours));
+                check(
+                    a.is_ok() && a.as_ref().map(|x| &x.0) == b.as_ref().map(|x| &x.0),
+                    format!("watch-cni writes {} on the host ({a:?}), install-cni {b:?}", theirs.display()),
+                );
+            }
+        }
+        Ok(other) => check(false, format!("watch-cni does not run `wgmesh-cni install --watch`: {other:?}")),
+        Err(e) => check(false, format!("watch-cni args refused by wgmesh-cni: {e}")),
+    }
+
     // readiness: the agent's file is where the plugin (on the host) looks
     let plugin_looks_at = opts
         .plugin
@@ -671,7 +696,7 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
 
     // one image holding every binary the pod runs
     let image = agent.image.clone();
-    for c in [&tunnel, &install] {
+    for c in [&tunnel, &install, &watcher] {
         check(
             c.image == image,
             format!("{} uses another image than agent", c.name),
@@ -1212,6 +1237,23 @@ const BREAKAGES: &[Breakage] = &[
                 .push(json!("--no-require-readiness"))
         },
         "readiness gate off",
+    ),
+    (
+        "watcher runs once",
+        |i| {
+            container_mut(i, "watch-cni")["args"].as_array_mut().expect("args").pop();
+        },
+        "does not run `wgmesh-cni install --watch`",
+    ),
+    (
+        "watcher with another MTU",
+        |i| container_mut(i, "watch-cni")["args"].as_array_mut().expect("args").push(json!("--mtu=1300")),
+        "another entry than install-cni",
+    ),
+    (
+        "watcher conf dir elsewhere",
+        |i| container_mut(i, "watch-cni")["volumeMounts"][1]["name"] = json!("cni-bin"),
+        "watch-cni writes /etc/cni/net.d on the host",
     ),
     (
         "other image",
