@@ -1,5 +1,5 @@
 //! Carries out a [`Plan`] against the API server: server-side apply for node peers and
-//! statuses, deletes, Events. Thin on purpose; every decision was made in `plan`.
+//! statuses, merge patches for repairs, deletes, Events. Thin on purpose; every decision was made in `plan`.
 
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -108,6 +108,24 @@ pub async fn execute(
             }
             Err(e) => {
                 tracing::warn!(peer = %name, error = %e, "apply failed");
+                errors.push(e);
+            }
+        }
+    }
+
+    let merge = PatchParams { field_manager: Some(OPERATOR_FIELD_MANAGER.into()), ..PatchParams::default() };
+    for (name, patch) in &plan.repairs {
+        total += 1;
+        if !still_leader() {
+            return Err(ExecuteError::NotLeader { done: total - 1 });
+        }
+        match within(CALL_TIMEOUT, peers.patch(name, &merge, &Patch::Merge(patch))).await {
+            Ok(_) => {
+                metrics.write("repair");
+                tracing::info!(peer = %name, "took back fields another manager added to a node peer");
+            }
+            Err(e) => {
+                tracing::warn!(peer = %name, error = %e, "repair failed");
                 errors.push(e);
             }
         }

@@ -43,6 +43,9 @@ pub struct PlannedEvent {
 pub struct Plan {
     /// Node peers to server-side apply (full object: metadata, spec).
     pub applies: Vec<WireGuardPeer>,
+    /// Node peers holding something another field manager added (a key, an allowedIPs entry),
+    /// which a forced apply leaves in place: JSON merge patches making them the projection.
+    pub repairs: Vec<(String, serde_json::Value)>,
     /// Node peers to delete (their Node left the mesh or is gone).
     pub deletes: Vec<String>,
     /// Status to server-side apply, by peer name.
@@ -63,6 +66,7 @@ impl Plan {
     /// True if the plan writes nothing.
     pub fn is_noop(&self) -> bool {
         self.applies.is_empty()
+            && self.repairs.is_empty()
             && self.deletes.is_empty()
             && self.statuses.is_empty()
             && self.events.is_empty()
@@ -103,6 +107,49 @@ fn same_projection(observed: &WireGuardPeer, desired: &WireGuardPeer) -> bool {
             .any(|o| o.uid == d.uid && o.kind == d.kind)
     });
     observed.spec == desired.spec && labels_ok && owner_ok
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Whether `observed` holds a key or a list element that `desired` lacks. A forced server-side
+/// apply takes over fields whose values differ, but leaves what another manager added, so the
+/// object would never match and be applied again on every reconcile, its status frozen.
+fn has_extra(observed: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (observed, desired) {
+        (Value::Object(o), Value::Object(d)) => o.iter().any(|(k, v)| d.get(k).is_none_or(|dv| has_extra(v, dv))),
+        (Value::Array(o), Value::Array(d)) => o.iter().any(|v| !d.contains(v)),
+        _ => false,
+    }
+}
+
+/// A JSON merge patch (RFC 7386) that turns `observed` into exactly `desired`: keys only
+/// `observed` has become null, lists are replaced whole.
+fn merge_patch(observed: &serde_json::Value, desired: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (observed, desired) {
+        (Value::Object(o), Value::Object(d)) => {
+            let gone = o.keys().filter(|k| !d.contains_key(*k)).map(|k| (k.clone(), Value::Null));
+            let set = d.iter().map(|(k, v)| (k.clone(), o.get(k).map_or_else(|| v.clone(), |ov| merge_patch(ov, v))));
+            Value::Object(gone.chain(set).collect())
+        }
+        _ => desired.clone(),
+    }
+}
+
+/// The merge patch that makes a node peer the operator's projection again: our label, our
+/// owner reference, and the spec with nothing else in it. Node peers belong to the operator;
+/// an edit does not reach the mesh (built from Nodes), so it is taken back, not shown.
+fn repair(observed: &WireGuardPeer, desired: &WireGuardPeer) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "labels": desired.metadata.labels,
+            "ownerReferences": desired.metadata.owner_references,
+        },
+        "spec": merge_patch(&to_json(&observed.spec), &to_json(&desired.spec)),
+    })
 }
 
 fn transition_event(peer: &WireGuardPeer, member: &Member) -> Option<PlannedEvent> {
@@ -178,6 +225,10 @@ pub fn plan(
             // never take over an object a user created under the reserved name
             Some(obs) if !is_managed_node_peer(obs) => continue,
             Some(obs) if same_projection(obs, &desired) => {}
+            Some(obs) if has_extra(&to_json(&obs.spec), &to_json(&desired.spec)) => {
+                pending_apply.insert(&member.name);
+                out.repairs.push((member.name.clone(), repair(obs, &desired)));
+            }
             _ => {
                 pending_apply.insert(&member.name);
                 out.applies.push(desired);
@@ -186,6 +237,7 @@ pub fn plan(
     }
     out.applies
         .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    out.repairs.sort_by(|a, b| a.0.cmp(&b.0));
 
     // statuses and transition Events for every observed peer
     let mut requeue: Option<Duration> = None;

@@ -72,6 +72,7 @@ pub async fn reconcile_once(
     ctx.metrics.members(p.valid_members, p.invalid_members);
     tracing::debug!(
         applies = p.applies.len(),
+        repairs = p.repairs.len(),
         deletes = p.deletes.len(),
         statuses = p.statuses.len(),
         events = p.events.len(),

@@ -322,3 +322,54 @@ fn node_problems_are_reported_once_per_change() {
     let again = run_reported(&nodes, &[], &p.reported_node_problems);
     assert!(again.events.is_empty());
 }
+
+/// RFC 7386, as the API server applies a merge patch.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+#[test]
+fn fields_another_manager_added_to_a_node_peer_are_taken_back_then_status_follows() {
+    let nodes = nodes2();
+    let projection = synced(&nodes, &[]);
+    let mut observed = projection.clone();
+    // A value another manager changed: a forced apply takes it back, as before.
+    observed[1].spec.endpoint = Some("203.0.113.9:51820".into());
+    let p = run(&nodes, &observed);
+    assert_eq!((p.applies.len(), p.repairs.len()), (1, 0), "{p:?}");
+
+    // Additions (a set entry, a key we do not set): a forced apply would leave both, and the
+    // peer would be re-applied on every reconcile with its status never written.
+    observed[1] = projection[1].clone();
+    observed[1].spec.allowed_ips.push("192.0.2.0/24".into());
+    observed[1].spec.persistent_keepalive = Some(25);
+    observed[1].status = None;
+    let p = run(&nodes, &observed);
+    assert!(p.applies.is_empty() && p.statuses.is_empty(), "{p:?}");
+    assert_eq!(p.repairs.len(), 1);
+    let (name, patch) = &p.repairs[0];
+    assert_eq!(name, "node-b");
+    assert_eq!(patch["spec"]["allowedIPs"], serde_json::json!(["10.244.1.0/24", "fd00:1::/64"]));
+    assert!(patch["spec"].get("persistentKeepalive").is_some_and(|v| v.is_null()), "{patch}");
+    assert_eq!(patch["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+
+    let mut stored = serde_json::to_value(&observed[1]).unwrap_or_default();
+    merge(&mut stored, patch);
+    let repaired: WireGuardPeer = serde_json::from_value(stored).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(repaired.spec, projection[1].spec, "the patch makes the spec the projection");
+    observed[1] = repaired;
+    let p = run(&nodes, &observed);
+    assert!(p.applies.is_empty() && p.repairs.is_empty(), "{p:?}");
+    assert_eq!(p.statuses.len(), 1, "the status is written once the spec is ours again");
+}

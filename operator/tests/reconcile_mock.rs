@@ -209,6 +209,23 @@ async fn changed_node_sends_one_apply_with_the_new_key_and_full_allowed_ips() {
 }
 
 #[tokio::test]
+async fn a_node_peer_with_another_managers_additions_gets_one_merge_patch() {
+    let nodes = two_nodes();
+    let mut observed = synced(&nodes, &[]);
+    observed[1].spec.allowed_ips.push("192.0.2.0/24".into());
+    observed[1].spec.persistent_keepalive = Some(25);
+    let seen = reconcile(nodes, observed).await;
+    assert_eq!(
+        requests(&seen),
+        [req("PATCH", &format!("{PEERS}/node-b?&fieldManager=wgmesh-operator"))]
+    );
+    assert_eq!(seen[0].content_type, "application/merge-patch+json");
+    assert_eq!(seen[0].body["spec"]["allowedIPs"], json!(["10.244.1.0/24"]));
+    assert_eq!(seen[0].body["spec"]["persistentKeepalive"], Value::Null);
+    assert!(seen[0].body["spec"].as_object().is_some_and(|s| s.contains_key("persistentKeepalive")));
+}
+
+#[tokio::test]
 async fn applied_node_peer_gets_its_status_next() {
     let nodes = two_nodes();
     let mut observed = synced(&nodes, &[]);
