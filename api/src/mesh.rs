@@ -181,6 +181,8 @@ impl Claims {
 struct Candidate {
     created: Option<Timestamp>,
     member: Member,
+    /// A node's tunnel addresses outside its own pod CIDRs (host routes of the override).
+    tunnel_routes: Vec<IpCidr>,
 }
 
 // older first, objects without a creation time last, then by name: a total, stable order
@@ -241,6 +243,7 @@ impl Mesh {
                 node_problems.insert(facts.name.clone(), p.clone());
             }
             let allowed_ips = facts.allowed_ips();
+            let tunnel_routes = allowed_ips.iter().filter(|c| !facts.pod_cidrs.contains(c)).copied().collect();
             let verdict = match facts.problem {
                 Some(p) => Err(p),
                 None if allowed_ips.is_empty() => Err(Problem::new(
@@ -263,6 +266,7 @@ impl Mesh {
                     preshared_key_secret_ref: None,
                     verdict,
                 },
+                tunnel_routes,
             });
         }
 
@@ -272,6 +276,7 @@ impl Mesh {
             .map(|p| Candidate {
                 created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 member: external_member(p),
+                tunnel_routes: Vec::new(),
             })
             .collect();
         let node_candidates = sort_large(node_candidates, by_rank);
@@ -291,6 +296,14 @@ impl Mesh {
                 .cmp(&(b.prefix(), *b))
                 .then_with(|| owner_rank(oa).cmp(&owner_rank(ob)))
         });
+        // every node's pod CIDRs on their own (the cluster network above swallows them), so a
+        // tunnel address another node's pods use is blamed on the override, whichever is older
+        let mut pod_cidrs = Claims::default();
+        for (c, owner) in reserved_cidrs.iter().filter(|(_, o)| matches!(o, Owner::PodCidr(_))) {
+            if pod_cidrs.find(c).is_none() {
+                pod_cidrs.insert(*c, *owner);
+            }
+        }
         for (c, owner) in reserved_cidrs {
             if reserved.find(&c).is_none() {
                 reserved.insert(c, owner);
@@ -307,11 +320,17 @@ impl Mesh {
             .chain(external_candidates.into_iter().map(|c| (true, c)))
         {
             let mut m = cand.member;
+            let names = OwnerNames {
+                members: &members,
+                nodes: &node_names,
+            };
+            if let Some((ip, (other, owner))) = cand.tunnel_routes.iter().find_map(|c| Some((c, pod_cidrs.find(c)?))) {
+                m.verdict = m.verdict.and(Err(Problem::new(
+                    Reason::PodCIDROverlap,
+                    format!("tunnel address {} lies in {}", ip.addr(), names.describe(owner, other)),
+                )));
+            }
             if m.verdict.is_ok() {
-                let names = OwnerNames {
-                    members: &members,
-                    nodes: &node_names,
-                };
                 m.verdict = check_conflicts(&m, is_external, &keys, &claims, &reserved, &names);
             }
             if m.verdict.is_ok() {

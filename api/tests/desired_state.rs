@@ -426,3 +426,26 @@ fn a_pod_cidr_two_nodes_claim_is_reported_the_same_whatever_the_list_order() {
     assert_eq!(ab, ba);
     assert!(ab.contains("of node a"), "{ab}");
 }
+
+#[test]
+fn a_tunnel_address_inside_another_nodes_pod_cidr_excludes_the_node_that_set_it() {
+    // Node a ranks first (by name) and points its tunnel address at b's pods: before, a's /32
+    // was claimed first and b, whose pod CIDR is its own, was excluded from the mesh.
+    let a = annotate(
+        node("a", Some(&key(1)), "192.168.0.1", &["10.244.0.0/24"]),
+        annotations::TUNNEL_ADDRESS,
+        "10.244.1.5",
+    );
+    let b = node("b", Some(&key(2)), "192.168.0.2", &["10.244.1.0/24"]);
+    for nodes in [[&a, &b], [&b, &a]] {
+        let mesh = Mesh::build(nodes, [], &MeshConfig::default());
+        let bad = mesh.member("node-a").expect("a is a member").verdict.clone().expect_err("a is excluded");
+        assert_eq!(bad.reason, Reason::PodCIDROverlap);
+        assert_eq!(bad.message, "tunnel address 10.244.1.5 lies in pod CIDR 10.244.1.0/24 of node b");
+        assert!(mesh.member("node-b").is_some_and(|m| m.is_valid()), "b keeps its place");
+    }
+    // A tunnel address outside every pod CIDR stays fine.
+    let a = annotate(a.clone(), annotations::TUNNEL_ADDRESS, "100.96.0.1");
+    let mesh = Mesh::build([&a, &b], [], &MeshConfig::default());
+    assert!(mesh.members().iter().all(|m| m.is_valid()));
+}
