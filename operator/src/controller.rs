@@ -94,23 +94,55 @@ async fn drive_nodes(
     events: impl Stream<Item = Result<Event<Node>, watcher::Error>>,
     wake: Arc<Notify>,
 ) {
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen = NodePrints::default();
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(Event::Apply(n) | Event::InitApply(n)) => {
-                let fp = trim::node_fingerprint(&n);
-                if seen.insert(n.name_any(), fp) != Some(fp) {
+            Ok(ev) => {
+                if seen.wakes(&ev) {
                     wake.notify_one();
                 }
             }
-            Ok(Event::Delete(n)) => {
-                seen.remove(&n.name_any());
-                wake.notify_one();
-            }
-            Ok(Event::Init) => {}
-            Ok(Event::InitDone) => wake.notify_one(),
             Err(e) => tracing::warn!(error = %e, "node watch error; retrying with backoff"),
+        }
+    }
+}
+
+/// The fingerprint of every Node the watch reported, so a Node update that changes nothing
+/// the mesh reads (status heartbeats, every 10 s per node) does not wake the reconciler.
+#[derive(Default)]
+struct NodePrints {
+    seen: HashMap<String, u64>,
+    /// Filled during a relist and then replacing `seen`: a Node deleted while the watch was
+    /// down gets no Delete event, and its entry would stay forever.
+    relist: Option<HashMap<String, u64>>,
+}
+
+impl NodePrints {
+    /// Records `ev`; true when the reconciler must run.
+    fn wakes(&mut self, ev: &Event<Node>) -> bool {
+        match ev {
+            Event::Init => {
+                self.relist = Some(HashMap::new());
+                false
+            }
+            Event::InitApply(n) => {
+                let fp = trim::node_fingerprint(n);
+                self.relist.get_or_insert_default().insert(n.name_any(), fp);
+                self.seen.get(&n.name_any()) != Some(&fp)
+            }
+            Event::InitDone => {
+                self.seen = self.relist.take().unwrap_or_default();
+                true
+            }
+            Event::Apply(n) => {
+                let fp = trim::node_fingerprint(n);
+                self.seen.insert(n.name_any(), fp) != Some(fp)
+            }
+            Event::Delete(n) => {
+                self.seen.remove(&n.name_any());
+                true
+            }
         }
     }
 }
@@ -184,5 +216,28 @@ async fn reconcile_loop(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgmesh_api::fixtures::{key, node};
+
+    #[test]
+    fn a_relist_forgets_nodes_deleted_while_the_watch_was_down() {
+        let (a, b) = (node("a", Some(&key(1)), "192.168.0.1", &["10.244.0.0/24"]), node("b", Some(&key(2)), "192.168.0.2", &["10.244.1.0/24"]));
+        let mut p = NodePrints::default();
+        for ev in [Event::Init, Event::InitApply(a.clone()), Event::InitApply(b.clone()), Event::InitDone] {
+            p.wakes(&ev);
+        }
+        assert_eq!(p.seen.len(), 2);
+        assert!(!p.wakes(&Event::Apply(a.clone())), "an unchanged Node does not wake");
+        // b was deleted while disconnected: the relist lists only a, and nothing of b is kept.
+        assert!(!p.wakes(&Event::Init));
+        assert!(!p.wakes(&Event::InitApply(a.clone())), "a is unchanged");
+        assert!(p.wakes(&Event::InitDone), "the relist may have dropped a Node");
+        assert_eq!(p.seen.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(p.wakes(&Event::Apply(b)), "b is new again");
     }
 }
