@@ -22,6 +22,13 @@ pub const ROUTING_TABLE: u32 = 51820;
 /// Priority of the policy rule that sends traffic to [`ROUTING_TABLE`]; below `main` (32766).
 pub const ROUTING_RULE_PRIORITY: u32 = 100;
 
+/// Mark on the engine's own UDP packets, matched as `FWMARK/FWMARK` so the policy rule skips
+/// them. Bit 29: wg-quick's 51820 (0xca6c) carries Cilium's ingress-proxy nibble (0xa00/0xf00,
+/// rule at priority 10), kube-proxy's masquerade bit 0x4000 and KubeSpan's 0x60 bits; no
+/// rule of Cilium, kube-proxy, flannel, Istio, Tailscale, KubeSpan, kube-router or Antrea
+/// matches bit 29. Calico claims 0xffff0000 for its marks: set its mark mask to 0xdfff0000.
+pub const FWMARK: u32 = 0x2000_0000;
+
 /// File the node agent creates once its interface and peers are configured; the CNI plugin
 /// refuses to wire pods until it exists, so pods never start with plaintext paths.
 pub const READINESS_PATH: &str = "/run/wgmesh/ready";

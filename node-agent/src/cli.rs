@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wgmesh_api::constants::{
-    DEFAULT_LISTEN_PORT, INTERFACE_NAME, READINESS_PATH, ROUTING_RULE_PRIORITY, ROUTING_TABLE,
+    DEFAULT_LISTEN_PORT, FWMARK, INTERFACE_NAME, READINESS_PATH, ROUTING_RULE_PRIORITY, ROUTING_TABLE,
 };
 use wgmesh_api::IpCidr;
 
@@ -91,8 +91,8 @@ pub struct RunArgs {
     /// UDP listen port of the engine.
     #[arg(long, default_value_t = DEFAULT_LISTEN_PORT)]
     pub listen_port: u16,
-    /// Mark on the engine's UDP packets; the policy rule skips marked packets.
-    #[arg(long, default_value_t = ROUTING_TABLE)]
+    /// Mark on the engine's UDP packets; the policy rule skips packets carrying its bits.
+    #[arg(long, default_value_t = FWMARK, value_parser = parse_mark)]
     pub fwmark: u32,
     /// Fixed MTU of the wg interface (default: underlay MTU − 80).
     #[arg(long)]
@@ -135,6 +135,15 @@ pub struct CleanupArgs {
     /// Also delete the private key (the node gets a new identity next time).
     #[arg(long)]
     pub remove_key: bool,
+}
+
+/// A mark in decimal or `0x` hex, as `wg set fwmark` takes it.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a 32-bit mark (decimal or 0x hex)"))
 }
 
 fn hostname() -> Option<String> {
@@ -310,6 +319,11 @@ mod tests {
         .is_err());
         let k = parse(&["a", "run", "--node-name", "n1", "--source", "kubernetes"]).expect("parse");
         assert_eq!(k.source, Source::Kubernetes);
+        assert_eq!(k.fwmark, 0x2000_0000, "the default mark keeps clear of other CNIs' mark bits");
+        for (m, want) in [("0x40000000", Some(0x4000_0000)), ("51820", Some(51820)), ("0xfg", None), ("4294967296", None)] {
+            let got = parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--fwmark", m]).map(|c| c.fwmark);
+            assert_eq!(got.ok(), want, "--fwmark {m}");
+        }
         assert!(parse(&[
             "a",
             "run",

@@ -234,12 +234,13 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The routes in `table`.
+    /// Our routes in `table`: those carrying [`PROTOCOL`]. Another program's routes there
+    /// (wg-quick's default route uses table 51820 too) are never listed, so never removed.
     pub fn routes(&mut self, table: u32) -> io::Result<Vec<Route>> {
         Ok(self
             .all_routes()?
             .iter()
-            .filter(|r| route_table(r) == table)
+            .filter(|r| route_table(r) == table && r.header.protocol == RouteProtocol::from(PROTOCOL))
             .filter_map(route_of)
             .collect())
     }
@@ -263,7 +264,7 @@ impl Netlink {
         }
     }
 
-    /// Rules that point at `table` (both families).
+    /// Our rules (carrying [`PROTOCOL`]) that point at `table`, both families.
     pub fn rules(&mut self, table: u32) -> io::Result<Vec<Rule>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -281,9 +282,11 @@ impl Netlink {
                     continue;
                 };
                 let rule = rule_of(&r);
-                // Only rules into our table are ours: another program's rule at our priority
-                // (Cilium moves `lookup local` there) must never be touched.
-                if rule.table == table {
+                // Only our rules into our table are ours: another program's rule at our
+                // priority (Cilium moves `lookup local` there) or into the same table
+                // (wg-quick's `not fwmark 51820 lookup 51820`) must never be touched.
+                let ours = r.attributes.contains(&RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+                if rule.table == table && ours {
                     out.push(rule);
                 }
             }
@@ -356,6 +359,10 @@ fn link_of(l: &LinkMessage) -> Link {
     }
 }
 
+/// The route and rule protocol that marks what the agent installed (`ip route show proto 87`);
+/// unassigned in iproute2's rt_protos.
+pub const PROTOCOL: u8 = 87;
+
 fn route_table(r: &RouteMessage) -> u32 {
     r.attributes
         .iter()
@@ -417,7 +424,7 @@ fn route_message(r: &Route, delete: bool) -> RouteMessage {
     m.header.protocol = if delete {
         RouteProtocol::Unspec
     } else {
-        RouteProtocol::Static
+        RouteProtocol::from(PROTOCOL)
     };
     m.header.kind = match r.kind {
         RouteKind::Unicast { .. } => RouteType::Unicast,
@@ -478,9 +485,12 @@ fn rule_message(r: &Rule) -> RuleMessage {
     }
     m.attributes.push(RuleAttribute::Priority(r.priority));
     m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
     if r.fwmark != 0 {
         m.attributes.push(RuleAttribute::FwMark(r.fwmark));
-        m.attributes.push(RuleAttribute::FwMask(u32::MAX));
+        // its own bits only: a bit another program sets on the same packet must not make
+        // the engine's UDP fall into the mesh table and loop
+        m.attributes.push(RuleAttribute::FwMask(r.fwmark));
     }
     m
 }

@@ -614,14 +614,25 @@ fn cleanup_removes_everything_the_agent_installed() {
     );
     // Another program's rule at our priority (Cilium moves `lookup local` there) is not ours:
     // neither the running agent nor cleanup may remove it.
+    // Nor is what another program put into our table: wg-quick's `Table = auto` uses table
+    // 51820 too, with its own rule and default route.
     for fam in ["-4", "-6"] {
         ip(&["-n", &node_ns, fam, "rule", "add", "priority", "100", "lookup", "1234"]);
+        ip(&["-n", &node_ns, fam, "rule", "add", "not", "fwmark", "51820", "priority", "32000", "table", TABLE]);
     }
+    ip(&["-n", &node_ns, "route", "add", "192.0.2.0/24", "dev", "lo", "table", TABLE]);
+    ip(&["-n", &node_ns, "-6", "route", "add", "2001:db8:77::/64", "dev", "lo", "table", TABLE]);
     std::thread::sleep(Duration::from_millis(1500));
-    for fam in ["-4", "-6"] {
-        let rules = ip(&["-n", &node_ns, fam, "rule"]);
-        assert!(rules.contains("100:\tfrom all lookup 1234"), "the agent removed a foreign rule: {rules}");
-    }
+    let foreign_kept = |when: &str| {
+        for fam in ["-4", "-6"] {
+            let rules = ip(&["-n", &node_ns, fam, "rule"]);
+            assert!(rules.contains("100:\tfrom all lookup 1234"), "{when} removed a foreign rule: {rules}");
+            assert!(rules.contains("32000:\tnot from all fwmark 0xca6c lookup 51820"), "{when} removed a foreign rule: {rules}");
+        }
+        let routes = ip(&["-n", &node_ns, "route", "show", "table", TABLE]) + &ip(&["-n", &node_ns, "-6", "route", "show", "table", TABLE]);
+        assert!(routes.contains("192.0.2.0/24 dev lo") && routes.contains("2001:db8:77::/64 dev lo"), "{when} removed a foreign route: {routes}");
+    };
+    foreign_kept("the agent");
     m.kill_agent(1);
     let o = in_ns(
         &node_ns,
@@ -639,12 +650,12 @@ fn cleanup_removes_everything_the_agent_installed() {
         "cleanup: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    foreign_kept("cleanup");
     for fam in ["-4", "-6"] {
         let rules = ip(&["-n", &node_ns, fam, "rule"]);
-        assert!(!rules.contains("51820"), "rule left: {rules}");
-        assert!(rules.contains("lookup 1234"), "cleanup removed a foreign rule: {rules}");
+        assert_eq!(rules.matches("lookup 51820").count(), 1, "rule left: {rules}");
         let routes = ip(&["-n", &node_ns, fam, "route", "show", "table", TABLE]);
-        assert!(routes.trim().is_empty(), "routes left: {routes}");
+        assert_eq!(routes.trim().lines().count(), 1, "routes left: {routes}");
     }
     assert!(
         !ip(&["-n", &node_ns, "link"]).contains(&ifname),
