@@ -74,13 +74,27 @@ impl Default for StandaloneOptions {
     }
 }
 
-/// Human-readable lines saying what was done, for the init container's log.
+/// Human-readable lines saying what was done, for the init container's log, and whether
+/// anything on disk changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report(pub Vec<String>);
+pub struct Report {
+    pub lines: Vec<String>,
+    changed: bool,
+}
 
 impl Report {
+    /// A change was made.
     fn say(&mut self, line: String) {
-        self.0.push(line);
+        self.lines.push(line);
+        self.changed = true;
+    }
+    /// Nothing needed doing.
+    fn note(&mut self, line: String) {
+        self.lines.push(line);
+    }
+    /// Whether the run wrote or removed anything.
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 }
 
@@ -151,6 +165,17 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
     copy_binary(opts, &mut report)?;
     let conf_dir = &opts.conf_dir;
     let mut state = load_state(conf_dir)?;
+    if let Some(s) = state.as_ref().filter(|s| s.mode != Mode::Standalone) {
+        // Being rewritten by its owner (not atomically): deciding now that it is gone would
+        // undo our change and, for a round, chain into whatever config sorts next.
+        let written = conf_dir.join(&s.written);
+        if written.exists() && read_json(&written)?.is_none() {
+            return Err(InstallError::Refused(format!(
+                "{} is not valid JSON at the moment; left alone",
+                written.display()
+            )));
+        }
+    }
     if let Some(s) = &state {
         let primary = find_primary(conf_dir)?;
         let still_ours = match (s.mode, &primary) {
@@ -250,7 +275,7 @@ fn chain(
     let desired = with_ours(&stripped, &opts.plugin);
     let path = opts.conf_dir.join(&p.name);
     if chains_once(&p.value, &opts.plugin) {
-        report.say(format!("{} already chains wgmesh-cni", path.display()));
+        report.note(format!("{} already chains wgmesh-cni", path.display()));
     } else {
         atomic::write(&path, &pretty(&desired), mode_of(&path)).map_err(|e| io_err("write", &path, e))?;
         report.say(format!("chained wgmesh-cni into {}", path.display()));
@@ -352,7 +377,7 @@ fn standalone(opts: &InstallOptions, report: &mut Report) -> Result<(), InstallE
             path.display()
         ));
     } else {
-        report.say(format!("{} is up to date", path.display()));
+        report.note(format!("{} is up to date", path.display()));
     }
     Ok(())
 }

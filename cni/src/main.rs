@@ -74,7 +74,7 @@ fn installer(args: &[String]) -> ExitCode {
     };
     match result {
         Ok(report) => {
-            for line in report.0 {
+            for line in report.lines {
                 println!("wgmesh-cni: {line}");
             }
             ExitCode::SUCCESS
@@ -92,6 +92,7 @@ fn installer(args: &[String]) -> ExitCode {
 /// uninstalling (a rolling update must not take the entry away).
 fn watch(opts: &install::InstallOptions, every: std::time::Duration) -> ExitCode {
     use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+    use std::time::{Duration, Instant};
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -100,8 +101,11 @@ fn watch(opts: &install::InstallOptions, every: std::time::Duration) -> ExitCode
         }
     }
     let mut last = None;
+    let mut guard = FightGuard::new(every);
     while !stop.load(Ordering::Relaxed) {
-        let outcome = install::install(opts).map(|r| r.0).map_err(|e| e.to_string());
+        let result = install::install(opts);
+        let pause = guard.after(result.as_ref().is_ok_and(|r| r.changed()), last.is_none(), Instant::now());
+        let outcome = result.map(|r| r.lines).map_err(|e| e.to_string());
         if last.as_ref() != Some(&outcome) {
             match &outcome {
                 Ok(lines) => lines.iter().for_each(|l| println!("wgmesh-cni: {l}")),
@@ -109,11 +113,88 @@ fn watch(opts: &install::InstallOptions, every: std::time::Duration) -> ExitCode
             }
             last = Some(outcome);
         }
-        let until = std::time::Instant::now() + every;
-        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(p) = pause {
+            eprintln!(
+                "wgmesh-cni: the CNI config lost its wgmesh-cni entry {} times within {}s: another \
+                 program keeps rewriting it (Cilium's agent does: chain wgmesh-cni through that \
+                 plugin's own configuration instead); next try in {}s",
+                FightGuard::REPAIRS,
+                FightGuard::WINDOW.as_secs(),
+                p.as_secs()
+            );
+        }
+        let until = Instant::now() + pause.unwrap_or(guard.pause);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     println!("wgmesh-cni: stopped watching; the CNI config keeps its entry");
     ExitCode::SUCCESS
+}
+
+/// Backs off from a program that removes our entry as fast as we put it back: two installers
+/// rewriting one file every few seconds would change it forever and leave it broken for pods
+/// created in between.
+struct FightGuard {
+    every: std::time::Duration,
+    pause: std::time::Duration,
+    repairs: Vec<std::time::Instant>,
+}
+
+impl FightGuard {
+    const REPAIRS: usize = 3;
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
+
+    fn new(every: std::time::Duration) -> Self {
+        Self { every, pause: every, repairs: Vec::new() }
+    }
+
+    /// Records a round; returns the pause before the next one when it just grew.
+    fn after(&mut self, changed: bool, first: bool, now: std::time::Instant) -> Option<std::time::Duration> {
+        if first {
+            return None;
+        }
+        if !changed {
+            (self.pause, self.repairs) = (self.every, Vec::new());
+            return None;
+        }
+        self.repairs.retain(|t| now.duration_since(*t) < Self::WINDOW);
+        self.repairs.push(now);
+        if self.pause > self.every {
+            self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        } else if self.repairs.len() >= Self::REPAIRS {
+            self.pause = Self::WINDOW.min(Self::MAX_PAUSE);
+        } else {
+            return None;
+        }
+        Some(self.pause)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FightGuard;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn three_repairs_in_a_minute_back_off_and_a_calm_round_resets() {
+        let every = Duration::from_secs(5);
+        let mut g = FightGuard::new(every);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(g.after(true, true, at(0)), None, "the first install is not a repair");
+        assert_eq!(g.after(true, false, at(5)), None);
+        assert_eq!(g.after(true, false, at(10)), None);
+        assert_eq!(g.after(true, false, at(15)), Some(Duration::from_secs(60)), "the third repair in a minute");
+        assert_eq!(g.after(true, false, at(75)), Some(Duration::from_secs(120)));
+        assert_eq!(g.after(true, false, at(195)), Some(Duration::from_secs(240)));
+        assert_eq!(g.after(true, false, at(435)), Some(Duration::from_secs(300)), "at most five minutes");
+        assert_eq!(g.after(false, false, at(735)), None);
+        assert_eq!(g.pause, every, "a round with nothing to do ends the fight");
+        // Repairs spread out (an owner upgraded now and then) are no fight.
+        for s in [800, 900, 1000, 1100] {
+            assert_eq!(g.after(true, false, at(s)), None);
+        }
+    }
 }

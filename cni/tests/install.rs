@@ -456,8 +456,11 @@ fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
     assert_binary_installed(&node);
     // Rounds with nothing to do, then Calico's installer writes its file again without us.
     std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Written as installers do (temp file, rename): a round never reads half a file.
     let rewritten = CALICO.replace("\"info\"", "\"debug\"");
-    fs::write(node.conf.join("10-calico.conflist"), &rewritten).unwrap_or_else(|e| panic!("{e}"));
+    let tmp = node.conf.join("calico.tmp");
+    fs::write(&tmp, &rewritten).unwrap_or_else(|e| panic!("{e}"));
+    fs::rename(&tmp, node.conf.join("10-calico.conflist")).unwrap_or_else(|e| panic!("{e}"));
     wait_for("the entry to come back", chained);
     assert_eq!(node.json("10-calico.conflist")["plugins"][0]["log_level"], "debug", "the owner's change is kept");
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -483,4 +486,76 @@ fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
     assert_eq!(lines.iter().filter(|l| l.contains("chained wgmesh-cni into")).count(), 2, "{log}");
     assert_eq!(lines.iter().filter(|l| l.contains("already chains")).count(), 2, "{log}");
     assert!(lines.len() <= 6 && lines.last().is_some_and(|l| l.contains("stopped watching")), "{log}");
+}
+
+#[test]
+fn watch_backs_off_from_an_owner_that_keeps_removing_the_entry() {
+    use std::{io::Read, process::Stdio, sync::atomic::{AtomicBool, AtomicUsize, Ordering}, sync::Arc};
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    let path = node.conf.join("10-calico.conflist");
+    let mut w = Watcher(
+        Command::new(WGMESH)
+            .arg("install")
+            .arg(format!("--cni-bin-dir={}", node.bin.display()))
+            .arg(format!("--cni-conf-dir={}", node.conf.display()))
+            .arg("--watch=1")
+            .env_remove("CNI_COMMAND")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    // An owner like Cilium's agent: whenever its file differs from what it wants, it writes
+    // it again (atomically), without our entry.
+    let (done, restored) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let owner = {
+        let (done, restored, path) = (done.clone(), restored.clone(), path.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if fs::read_to_string(&path).is_ok_and(|t| t != CALICO) {
+                    restored.fetch_add(1, Ordering::Relaxed);
+                    let tmp = path.with_extension("tmp");
+                    fs::write(&tmp, CALICO).unwrap_or_else(|e| panic!("{e}"));
+                    fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("{e}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    done.store(true, Ordering::Relaxed);
+    owner.join().unwrap_or_else(|_| panic!("owner thread"));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = w.0.wait().unwrap_or_else(|e| panic!("{e}"));
+    let mut log = String::new();
+    w.0.stdout.take().map(|mut o| o.read_to_string(&mut log));
+    w.0.stderr.take().map(|mut o| o.read_to_string(&mut log));
+    assert!(status.success(), "{log}");
+    // The first install, then repairs until the third within a minute: the next try is a
+    // minute away. Without the back-off it would be one every second, 8 in all.
+    let fights = restored.load(Ordering::Relaxed);
+    assert!(fights <= 4, "the watcher rewrote the file {fights} times in 8 s: {log}");
+    assert!(log.contains("keeps rewriting it") && log.contains("next try in 60s"), "{log}");
+}
+
+#[test]
+fn a_primary_caught_half_written_is_left_alone_for_the_round() {
+    let node = Node::new(&[("10-calico.conflist", CALICO), ("20-other.conflist", OTHER)]);
+    node.install(&[]);
+    let backup = fs::read(node.backup_dir().join("10-calico.conflist")).ok();
+    // The owner is halfway through rewriting its file: it does not parse, so the runtime and
+    // find_primary would skip it and take 20-other. Treating that as "the primary moved"
+    // would undo our change and chain into 20-other for a round.
+    fs::write(node.conf.join("10-calico.conflist"), &CALICO[..40]).unwrap_or_else(|e| panic!("{e}"));
+    let before = node.files();
+    let (ok, text) = node.run("install", &[]);
+    assert!(!ok && text.contains("is not valid JSON at the moment"), "{text}");
+    assert_eq!(node.files(), before, "nothing touched: {text}");
+    assert_eq!(fs::read(node.backup_dir().join("10-calico.conflist")).ok(), backup, "backup kept");
+    // The owner finishes: the next round chains into its new file.
+    fs::write(node.conf.join("10-calico.conflist"), CALICO).unwrap_or_else(|e| panic!("{e}"));
+    node.install(&[]);
+    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(plugin_types(&node.json("20-other.conflist")), ["ptp"]);
 }

@@ -612,7 +612,7 @@ impl Agent {
         );
         let have_rules = self
             .nl
-            .rules(self.cfg.table)
+            .rules(self.cfg.table, self.cfg.rule_priority)
             .map_err(nl_err("list rules"))?;
         let (add, del) = diff_rules(&have_rules, &rules);
         for r in &add {

@@ -28,7 +28,7 @@ pub fn cleanup(p: &CleanupPlan) -> Vec<String> {
     };
     if let Some(nl) = nl.as_mut() {
         // the rule first: without it nothing uses the table, whatever is left in it
-        match nl.rules(p.table) {
+        match nl.rules(p.table, p.rule_priority) {
             Ok(rules) => {
                 for r in &rules {
                     match nl.delete_rule(r) {

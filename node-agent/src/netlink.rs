@@ -264,8 +264,10 @@ impl Netlink {
         }
     }
 
-    /// Our rules (carrying [`PROTOCOL`]) that point at `table`, both families.
-    pub fn rules(&mut self, table: u32) -> io::Result<Vec<Rule>> {
+    /// Our rules into `table`, both families: those carrying [`PROTOCOL`], and those at our
+    /// `priority` with no protocol at all (kernels before 4.17 drop the attribute; earlier
+    /// agents did not set it).
+    pub fn rules(&mut self, table: u32, priority: u32) -> io::Result<Vec<Rule>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RuleMessage::default();
@@ -285,7 +287,14 @@ impl Netlink {
                 // Only our rules into our table are ours: another program's rule at our
                 // priority (Cilium moves `lookup local` there) or into the same table
                 // (wg-quick's `not fwmark 51820 lookup 51820`) must never be touched.
-                let ours = r.attributes.contains(&RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+                let proto = r.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::Protocol(p) => Some(*p),
+                    _ => None,
+                });
+                let ours = match proto {
+                    None | Some(RouteProtocol::Unspec) => rule.priority == priority,
+                    Some(p) => p == RouteProtocol::from(PROTOCOL),
+                };
                 if rule.table == table && ours {
                     out.push(rule);
                 }
@@ -305,8 +314,17 @@ impl Netlink {
     }
 
     pub fn delete_rule(&mut self, r: &Rule) -> io::Result<()> {
+        let gone = |e: &io::Error| is_errno(e, libc::ENOENT) || is_errno(e, libc::ESRCH);
         match self.request(RouteNetlinkMessage::DelRule(rule_message(r)), NLM_F_ACK) {
-            Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ESRCH) => Ok(()),
+            // one without a protocol (see `rules`) is only found by a request without one
+            Err(e) if gone(&e) => {
+                let mut m = rule_message(r);
+                m.attributes.retain(|a| !matches!(a, RuleAttribute::Protocol(_)));
+                match self.request(RouteNetlinkMessage::DelRule(m), NLM_F_ACK) {
+                    Err(e) if gone(&e) => Ok(()),
+                    r => r.map(drop),
+                }
+            }
             r => r.map(drop),
         }
     }
@@ -421,11 +439,8 @@ fn route_message(r: &Route, delete: bool) -> RouteMessage {
     m.header.address_family = family(&r.dst.addr());
     m.header.destination_prefix_length = r.dst.prefix();
     m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
-    m.header.protocol = if delete {
-        RouteProtocol::Unspec
-    } else {
-        RouteProtocol::from(PROTOCOL)
-    };
+    // on delete too: protocol 0 would match another program's route to the same prefix
+    m.header.protocol = RouteProtocol::from(PROTOCOL);
     m.header.kind = match r.kind {
         RouteKind::Unicast { .. } => RouteType::Unicast,
         RouteKind::Unreachable => RouteType::Unreachable,
@@ -458,6 +473,7 @@ fn rule_of(r: &RuleMessage) -> Rule {
         priority: 0,
         table: u32::from(r.header.table),
         fwmark: 0,
+        fwmask: 0,
         invert: r.header.flags.contains(RuleFlags::Invert),
     };
     for a in &r.attributes {
@@ -465,6 +481,7 @@ fn rule_of(r: &RuleMessage) -> Rule {
             RuleAttribute::Priority(p) => rule.priority = *p,
             RuleAttribute::Table(t) => rule.table = *t,
             RuleAttribute::FwMark(m) => rule.fwmark = *m,
+            RuleAttribute::FwMask(m) => rule.fwmask = *m,
             _ => {}
         }
     }
@@ -488,9 +505,7 @@ fn rule_message(r: &Rule) -> RuleMessage {
     m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
     if r.fwmark != 0 {
         m.attributes.push(RuleAttribute::FwMark(r.fwmark));
-        // its own bits only: a bit another program sets on the same packet must not make
-        // the engine's UDP fall into the mesh table and loop
-        m.attributes.push(RuleAttribute::FwMask(r.fwmark));
+        m.attributes.push(RuleAttribute::FwMask(r.fwmask));
     }
     m
 }

@@ -44,6 +44,8 @@ pub struct Rule {
     pub table: u32,
     /// 0: no fwmark match.
     pub fwmark: u32,
+    /// Which bits of the mark are compared: ours compares the mark's own bits.
+    pub fwmask: u32,
     pub invert: bool,
 }
 
@@ -109,6 +111,9 @@ pub fn desired_rules(
                 priority,
                 table,
                 fwmark,
+                // its own bits only: a bit another program sets on the same packet must not
+                // make the engine's UDP fall into the mesh table and loop
+                fwmask: fwmark,
                 invert: true,
             });
         }
@@ -268,6 +273,7 @@ mod tests {
             priority: 100,
             table: 51820,
             fwmark: 51820,
+            fwmask: 51820,
             invert: true,
         };
         let stale = Rule { fwmark: 0, ..a };

@@ -620,6 +620,9 @@ fn cleanup_removes_everything_the_agent_installed() {
         ip(&["-n", &node_ns, fam, "rule", "add", "priority", "100", "lookup", "1234"]);
         ip(&["-n", &node_ns, fam, "rule", "add", "not", "fwmark", "51820", "priority", "32000", "table", TABLE]);
     }
+    // An earlier agent's rule (no protocol, wg-quick's mark) at our priority is ours and stale:
+    // left in place it would send the engine's own UDP into the tunnel.
+    ip(&["-n", &node_ns, "rule", "add", "not", "fwmark", "0xca6c", "priority", "100", "table", TABLE]);
     ip(&["-n", &node_ns, "route", "add", "192.0.2.0/24", "dev", "lo", "table", TABLE]);
     ip(&["-n", &node_ns, "-6", "route", "add", "2001:db8:77::/64", "dev", "lo", "table", TABLE]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -633,6 +636,9 @@ fn cleanup_removes_everything_the_agent_installed() {
         assert!(routes.contains("192.0.2.0/24 dev lo") && routes.contains("2001:db8:77::/64 dev lo"), "{when} removed a foreign route: {routes}");
     };
     foreign_kept("the agent");
+    let rules = ip(&["-n", &node_ns, "rule"]);
+    assert!(!rules.contains("100:\tnot from all fwmark 0xca6c lookup 51820"), "the stale rule stayed: {rules}");
+    assert!(rules.contains("100:\tnot from all fwmark 0x20000000/0x20000000 lookup 51820 proto 87"), "{rules}");
     m.kill_agent(1);
     let o = in_ns(
         &node_ns,

@@ -143,10 +143,17 @@ fn merge_patch(observed: &serde_json::Value, desired: &serde_json::Value) -> ser
 /// owner reference, and the spec with nothing else in it. Node peers belong to the operator;
 /// an edit does not reach the mesh (built from Nodes), so it is taken back, not shown.
 fn repair(observed: &WireGuardPeer, desired: &WireGuardPeer) -> serde_json::Value {
+    // a merge patch replaces the list whole: keep the owners `same_projection` tolerates
+    let mut owners = observed.metadata.owner_references.clone().unwrap_or_default();
+    for d in desired.metadata.owner_references.iter().flatten() {
+        if !owners.iter().any(|o| o.uid == d.uid && o.kind == d.kind) {
+            owners.push(d.clone());
+        }
+    }
     serde_json::json!({
         "metadata": {
             "labels": desired.metadata.labels,
-            "ownerReferences": desired.metadata.owner_references,
+            "ownerReferences": owners,
         },
         "spec": merge_patch(&to_json(&observed.spec), &to_json(&desired.spec)),
     })

@@ -355,6 +355,9 @@ fn fields_another_manager_added_to_a_node_peer_are_taken_back_then_status_follow
     observed[1].spec.allowed_ips.push("192.0.2.0/24".into());
     observed[1].spec.persistent_keepalive = Some(25);
     observed[1].status = None;
+    let mut other_owner = observed[1].metadata.owner_references.clone().unwrap_or_default()[0].clone();
+    (other_owner.kind, other_owner.uid, other_owner.controller) = ("ConfigMap".into(), "cm-uid".into(), None);
+    observed[1].metadata.owner_references.get_or_insert_default().push(other_owner);
     let p = run(&nodes, &observed);
     assert!(p.applies.is_empty() && p.statuses.is_empty(), "{p:?}");
     assert_eq!(p.repairs.len(), 1);
@@ -363,6 +366,8 @@ fn fields_another_manager_added_to_a_node_peer_are_taken_back_then_status_follow
     assert_eq!(patch["spec"]["allowedIPs"], serde_json::json!(["10.244.1.0/24", "fd00:1::/64"]));
     assert!(patch["spec"].get("persistentKeepalive").is_some_and(|v| v.is_null()), "{patch}");
     assert_eq!(patch["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+    let kinds: Vec<&str> = patch["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Node", "ConfigMap"], "a merge patch replaces the list: the other owner must be in it");
 
     let mut stored = serde_json::to_value(&observed[1]).unwrap_or_default();
     merge(&mut stored, patch);

@@ -367,6 +367,14 @@ impl Mesh {
         for n in 1..=nodes {
             m.add_node(n, true, pods);
         }
+        // Each agent was ready when it started; the earlier ones learn the later nodes on a
+        // later tick. Tests start sending at once, so wait until every engine has every peer.
+        let engines: Vec<(String, String)> = m.nodes.iter().map(|n| (n.ns.clone(), n.ifname.clone())).collect();
+        let peers = |(ns, ifname): &(String, String)| {
+            String::from_utf8_lossy(&in_ns(ns, &["wg", "show", ifname, "peers"]).stdout).lines().count()
+        };
+        let all = wait_for(Duration::from_secs(10), || engines.iter().all(|e| peers(e) + 1 == nodes as usize));
+        assert!(all.is_some(), "not every engine has every other node as a peer: {:?}", engines.iter().map(peers).collect::<Vec<_>>());
         m
     }
 
