@@ -420,6 +420,44 @@ fn an_entry_another_plugin_put_itself_after_is_left_where_it_is() {
 /// Kills the watcher if a test fails before it was stopped.
 struct Watcher(std::process::Child);
 
+impl Watcher {
+    /// `wgmesh-cni install --watch=1` on `node`'s directories.
+    fn start(node: &Node) -> Self {
+        use std::process::Stdio;
+        Watcher(
+            Command::new(WGMESH)
+                .arg("install")
+                .arg(format!("--cni-bin-dir={}", node.bin.display()))
+                .arg(format!("--cni-conf-dir={}", node.conf.display()))
+                .arg("--watch=1")
+                .env_remove("CNI_COMMAND")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    /// Sends SIGTERM; the exit status (within 3 s) and everything it printed.
+    fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) }, 0);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let status = loop {
+            if let Some(s) = self.0.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                break s;
+            }
+            assert!(std::time::Instant::now() < until, "still running 3 s after SIGTERM");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut log = String::new();
+        self.0.stdout.take().map(|mut o| o.read_to_string(&mut log));
+        self.0.stderr.take().map(|mut o| o.read_to_string(&mut log));
+        (status, log)
+    }
+}
+
 impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -437,21 +475,9 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
-    use std::{io::Read, process::Stdio};
     let node = Node::new(&[("10-calico.conflist", CALICO)]);
     let chained = || plugin_types(&node.json("10-calico.conflist")) == ["calico", "portmap", "wgmesh-cni"];
-    let mut w = Watcher(
-        Command::new(WGMESH)
-            .arg("install")
-            .arg(format!("--cni-bin-dir={}", node.bin.display()))
-            .arg(format!("--cni-conf-dir={}", node.conf.display()))
-            .arg("--watch=1")
-            .env_remove("CNI_COMMAND")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let mut w = Watcher::start(&node);
     wait_for("the first install", chained);
     assert_binary_installed(&node);
     // Rounds with nothing to do, then Calico's installer writes its file again without us.
@@ -465,19 +491,7 @@ fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
     assert_eq!(node.json("10-calico.conflist")["plugins"][0]["log_level"], "debug", "the owner's change is kept");
     std::thread::sleep(std::time::Duration::from_millis(1500));
 
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) }, 0);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    let status = loop {
-        if let Some(s) = w.0.try_wait().unwrap_or_else(|e| panic!("{e}")) {
-            break s;
-        }
-        assert!(std::time::Instant::now() < until, "still running 3 s after SIGTERM");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    w.0.stdout.take().map(|mut o| o.read_to_string(&mut log));
-    w.0.stderr.take().map(|mut o| o.read_to_string(&mut log));
+    let (status, log) = w.stop();
     assert!(status.success(), "{status:?}: {log}");
     assert!(chained(), "stopping the watcher does not uninstall");
     // Five or more rounds, but only changes are logged: the first install and its calm, the
@@ -490,21 +504,10 @@ fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
 
 #[test]
 fn watch_backs_off_from_an_owner_that_keeps_removing_the_entry() {
-    use std::{io::Read, process::Stdio, sync::atomic::{AtomicBool, AtomicUsize, Ordering}, sync::Arc};
+    use std::sync::{atomic::{AtomicBool, AtomicUsize, Ordering}, Arc};
     let node = Node::new(&[("10-calico.conflist", CALICO)]);
     let path = node.conf.join("10-calico.conflist");
-    let mut w = Watcher(
-        Command::new(WGMESH)
-            .arg("install")
-            .arg(format!("--cni-bin-dir={}", node.bin.display()))
-            .arg(format!("--cni-conf-dir={}", node.conf.display()))
-            .arg("--watch=1")
-            .env_remove("CNI_COMMAND")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let mut w = Watcher::start(&node);
     // An owner like Cilium's agent: whenever its file differs from what it wants, it writes
     // it again (atomically), without our entry.
     let (done, restored) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
@@ -525,12 +528,7 @@ fn watch_backs_off_from_an_owner_that_keeps_removing_the_entry() {
     std::thread::sleep(std::time::Duration::from_secs(8));
     done.store(true, Ordering::Relaxed);
     owner.join().unwrap_or_else(|_| panic!("owner thread"));
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) }, 0);
-    let status = w.0.wait().unwrap_or_else(|e| panic!("{e}"));
-    let mut log = String::new();
-    w.0.stdout.take().map(|mut o| o.read_to_string(&mut log));
-    w.0.stderr.take().map(|mut o| o.read_to_string(&mut log));
+    let (status, log) = w.stop();
     assert!(status.success(), "{log}");
     // The first install, then repairs until the third within a minute: the next try is a
     // minute away. Without the back-off it would be one every second, 8 in all.
