@@ -136,8 +136,9 @@ fn values_reach_their_fields() {
     ])
     .unwrap_or_else(|e| panic!("helm template: {e}"));
     let ds = "DaemonSet/mesh/wgmesh-node";
+    let tds = "DaemonSet/mesh/wgmesh-tunnel";
     let op = "Deployment/mesh/wgmesh-operator";
-    assert!(objs.contains_key(ds) && objs.contains_key(op), "objects in the release namespace: {:?}", objs.keys());
+    assert!(objs.contains_key(ds) && objs.contains_key(tds) && objs.contains_key(op), "objects in the release namespace: {:?}", objs.keys());
 
     let agent = container(&objs, ds, "agent");
     let args: Vec<&str> = agent["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
@@ -146,9 +147,9 @@ fn values_reach_their_fields() {
     assert!(args.contains(&"--interface=wgm1") && args.contains(&"--http-addr=0.0.0.0:9700"), "{args:?}");
     assert_eq!(agent["ports"][0]["containerPort"], json!(9700));
     assert_eq!(env(agent, "RUST_LOG"), json!("debug"));
-    assert_eq!(container(&objs, ds, "tunnel")["args"], json!(["--foreground", "wgm1"]));
-    for c in ["agent", "tunnel", "install-cni", "watch-cni"] {
-        assert_eq!(container(&objs, ds, c)["image"], json!("registry.example/wgmesh-node:1.2.3"), "{c}");
+    assert_eq!(container(&objs, tds, "tunnel")["args"], json!(["--foreground", "wgm1"]));
+    for (d, c) in [(ds, "agent"), (tds, "tunnel"), (ds, "install-cni"), (ds, "watch-cni")] {
+        assert_eq!(container(&objs, d, c)["image"], json!("registry.example/wgmesh-node:1.2.3"), "{c}");
     }
     let operator = container(&objs, op, "operator");
     assert_eq!(operator["image"], json!("registry.example/wgmesh-operator:1.2.3"));

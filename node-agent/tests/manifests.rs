@@ -419,16 +419,24 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
         .metadata
         .name
         .unwrap_or_default();
-    let ds: DaemonSet = only(find(inp, NODE_FILE, "DaemonSet")?, "DaemonSet")?;
+    let daemonsets: Vec<DaemonSet> = find(inp, NODE_FILE, "DaemonSet")?;
+    let named = |name: &str| {
+        daemonsets
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+            .cloned()
+            .ok_or_else(|| format!("no DaemonSet {name} (docs use ds/{name})"))
+    };
+    // the agent and the CNI plugin; the engine in a DaemonSet of its own
+    let (ds, tds) = (named("wgmesh-node")?, named("wgmesh-tunnel")?);
     let sa: ServiceAccount = only(find(inp, NODE_FILE, "ServiceAccount")?, "ServiceAccount")?;
-    check(
-        ds.metadata.name.as_deref() == Some("wgmesh-node"),
-        "the DaemonSet is not named wgmesh-node (docs use ds/wgmesh-node)".into(),
-    );
-    check(
-        ds.metadata.namespace.as_deref() == Some(namespace.as_str()),
-        format!("the DaemonSet is not in the operator's namespace {namespace}"),
-    );
+    check(daemonsets.len() == 2, format!("{} DaemonSets, not wgmesh-node and wgmesh-tunnel", daemonsets.len()));
+    for d in [&ds, &tds] {
+        check(
+            d.metadata.namespace.as_deref() == Some(namespace.as_str()),
+            format!("DaemonSet {:?} is not in the operator's namespace {namespace}", d.metadata.name),
+        );
+    }
     check(
         sa.metadata.namespace.as_deref() == Some(namespace.as_str()),
         format!("the ServiceAccount is not in {namespace}"),
@@ -442,24 +450,36 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
         "updateStrategy is not RollingUpdate with maxUnavailable 1".into(),
     );
     let spec = ds_spec.template.spec.clone().unwrap_or_default();
+    // The engine is what packets pass through: rolling it with every agent or CNI update would
+    // cut each node's pod traffic in turn. It is replaced only where its pod is deleted.
+    let tds_spec = tds.spec.clone().unwrap_or_default();
+    check(
+        tds_spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()) == Some("OnDelete"),
+        "wgmesh-tunnel is not updateStrategy OnDelete: every update would stop the data path".into(),
+    );
+    let tspec = tds_spec.template.spec.clone().unwrap_or_default();
+    check(
+        tspec.automount_service_account_token == Some(false),
+        "the tunnel pod gets an API token it never uses".into(),
+    );
     check(
         spec.service_account_name.as_deref() == Some(sa_name.as_str()),
         format!("the pod does not run as ServiceAccount {sa_name}"),
     );
-    check(
-        spec.host_network == Some(true),
-        "the pod is not hostNetwork (TUN, routes and rules must be the node's)".into(),
-    );
-    check(
-        spec.priority_class_name.as_deref() == Some("system-node-critical"),
-        "priorityClassName is not system-node-critical".into(),
-    );
-    check(
-        spec.tolerations.iter().flatten().any(|t| {
-            t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
-        }),
-        "no toleration for every taint (operator Exists, no key, no effect)".into(),
-    );
+    for (name, s) in [("wgmesh-node", &spec), ("wgmesh-tunnel", &tspec)] {
+        check(
+            s.host_network == Some(true),
+            format!("{name}'s pod is not hostNetwork (TUN, routes and rules must be the node's)"),
+        );
+        check(
+            s.priority_class_name.as_deref() == Some("system-node-critical"),
+            format!("{name}'s priorityClassName is not system-node-critical"),
+        );
+        check(
+            s.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
+            format!("{name} has no toleration for every taint (operator Exists, no key, no effect)"),
+        );
+    }
 
     let container = |name: &str, init: bool| {
         let list = if init {
@@ -473,7 +493,12 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
             .ok_or_else(|| format!("no {}container {name}", if init { "init " } else { "" }))
     };
     let agent = container("agent", false)?;
-    let tunnel = container("tunnel", false)?;
+    let tunnel = tspec
+        .containers
+        .iter()
+        .find(|c| c.name == "tunnel")
+        .cloned()
+        .ok_or("no container tunnel in wgmesh-tunnel")?;
     let install = container("install-cni", true)?;
 
     // the agent: its argv through its real CLI
@@ -574,7 +599,7 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
             format!("{} does not add exactly NET_ADMIN", c.name),
         );
     }
-    match host_path(&spec, &tunnel, Path::new("/dev/net/tun")) {
+    match host_path(&tspec, &tunnel, Path::new("/dev/net/tun")) {
         Ok((h, ty)) => check(
             h == Path::new("/dev/net/tun") && ty.as_deref() == Some("CharDevice"),
             format!("tunnel's /dev/net/tun is {} ({ty:?})", h.display()),
@@ -586,7 +611,7 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
     let socket = UapiClient::new(&cfg.interface).path().to_owned();
     match (
         host_path(&spec, &agent, &socket),
-        host_path(&spec, &tunnel, &socket),
+        host_path(&tspec, &tunnel, &socket),
     ) {
         (Ok((a, _)), Ok((t, _))) => check(
             a == t,
@@ -609,9 +634,9 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
                 ty.as_deref() == Some("DirectoryOrCreate"),
                 format!("private key volume type is {ty:?}, not DirectoryOrCreate"),
             );
-            for other in [&tunnel, &install] {
+            for (pod, other) in [(&tspec, &tunnel), (&spec, &install)] {
                 check(
-                    !sees(&spec, other, h.parent().unwrap_or(&h)),
+                    !sees(pod, other, h.parent().unwrap_or(&h)),
                     format!("{} can see the private key's directory", other.name),
                 );
             }
@@ -816,11 +841,12 @@ fn cleanup_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String
             problems.push(format!("cleanup: {what}"));
         }
     };
-    let pod = |file: &str, what: &str| -> Result<PodSpec, String> {
-        let ds: DaemonSet = only(find(inp, file, "DaemonSet")?, what)?;
+    let pod = |file: &str, name: &str| -> Result<PodSpec, String> {
+        let all: Vec<DaemonSet> = find(inp, file, "DaemonSet")?;
+        let ds = all.into_iter().find(|d| d.metadata.name.as_deref() == Some(name)).ok_or(format!("no DaemonSet {name}"))?;
         Ok(ds.spec.unwrap_or_default().template.spec.unwrap_or_default())
     };
-    let (node, spec) = (pod(NODE_FILE, "DaemonSet")?, pod(CLEANUP_FILE, "cleanup DaemonSet")?);
+    let (node, spec) = (pod(NODE_FILE, "wgmesh-node")?, pod(CLEANUP_FILE, "wgmesh-cleanup")?);
     check(spec.host_network == Some(true), "not hostNetwork (the rule, table and wgmesh0 are the node's)".into());
     check(
         spec.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
@@ -905,12 +931,16 @@ fn doc_mut<'a>(inp: &'a mut Inputs, file: &str, kind: &str, name: &str) -> &'a m
 }
 
 fn pod_mut(inp: &mut Inputs) -> &mut Value {
-    let ds = doc_mut(inp, NODE_FILE, "DaemonSet", "wgmesh-node");
+    pod_of(inp, "wgmesh-node")
+}
+
+fn pod_of<'a>(inp: &'a mut Inputs, daemonset: &str) -> &'a mut Value {
+    let ds = doc_mut(inp, NODE_FILE, "DaemonSet", daemonset);
     ds.pointer_mut("/spec/template/spec").expect("pod spec")
 }
 
 fn container_mut<'a>(inp: &'a mut Inputs, name: &str) -> &'a mut Value {
-    let pod = pod_mut(inp);
+    let pod = pod_of(inp, if name == "tunnel" { "wgmesh-tunnel" } else { "wgmesh-node" });
     let list = if name == "install-cni" {
         "initContainers"
     } else {
@@ -944,7 +974,7 @@ fn env_mut<'a>(inp: &'a mut Inputs, name: &str) -> &'a mut Value {
 }
 
 fn volume_mut<'a>(inp: &'a mut Inputs, name: &str) -> &'a mut Value {
-    pod_mut(inp)["volumes"]
+    pod_of(inp, if name == "dev-net-tun" { "wgmesh-tunnel" } else { "wgmesh-node" })["volumes"]
         .as_array_mut()
         .expect("volumes")
         .iter_mut()
@@ -1035,7 +1065,7 @@ const BREAKAGES: &[Breakage] = &[
             doc_mut(i, NODE_FILE, "DaemonSet", "wgmesh-node")["metadata"]["name"] =
                 json!("wgmesh-agent")
         },
-        "not named wgmesh-node",
+        "no DaemonSet wgmesh-node (docs use ds/wgmesh-node)",
     ),
     (
         "service account elsewhere",
@@ -1157,6 +1187,21 @@ const BREAKAGES: &[Breakage] = &[
         "agent does not add exactly NET_ADMIN",
     ),
     (
+        "engine rolled with every update",
+        |i| doc_mut(i, NODE_FILE, "DaemonSet", "wgmesh-tunnel")["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"}),
+        "not updateStrategy OnDelete",
+    ),
+    (
+        "engine with an API token",
+        |i| pod_of(i, "wgmesh-tunnel")["automountServiceAccountToken"] = json!(true),
+        "API token it never uses",
+    ),
+    (
+        "engine off the host network",
+        |i| pod_of(i, "wgmesh-tunnel")["hostNetwork"] = json!(false),
+        "wgmesh-tunnel's pod is not hostNetwork",
+    ),
+    (
         "no TUN device",
         |i| volume_mut(i, "dev-net-tun")["hostPath"]["type"] = json!("File"),
         "/dev/net/tun is",
@@ -1182,6 +1227,11 @@ const BREAKAGES: &[Breakage] = &[
     (
         "key seen by the engine",
         |i| {
+            let pod = pod_of(i, "wgmesh-tunnel");
+            pod["volumes"]
+                .as_array_mut()
+                .expect("volumes")
+                .push(json!({"name": "private-key", "hostPath": {"path": "/var/lib/wgmesh"}}));
             container_mut(i, "tunnel")["volumeMounts"]
                 .as_array_mut()
                 .expect("mounts")
