@@ -691,3 +691,40 @@ fn cleanup_removes_everything_the_agent_installed() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn an_attached_agent_configures_each_new_engine_and_nothing_leaks_in_between() {
+    // Node 1 as the two DaemonSets run it: the engine a process of its own (wgmesh-tunnel's
+    // pod), the agent attached to it. Deleting the engine's pod must drop node 1's pod traffic,
+    // never send it in plaintext, and the next engine must be configured without the agent
+    // restarting.
+    let _serial = serial();
+    let mut m = Mesh::new(2, 1);
+    let cap = m.capture();
+    let ifname = m.node(1).ifname.clone();
+    let (p1, p2) = (m.node(1).pods[0].clone(), m.node(2).pods[0].clone());
+    m.kill_agent(1);
+    for pid in engine_pids(&ifname) {
+        // SAFETY: kill(2) on the engine this test's agent started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(wait_for(Duration::from_secs(5), || engine_pids(&ifname).is_empty()).is_some(), "engine still running");
+    let engine = m.start_engine(1);
+    m.start_agent_with(1, &["--engine", "attach"]);
+    m.wait_ready(1);
+    let pings = || wait_for(Duration::from_secs(10), || ping(&p1.ns, p2.v4, 1, "1")).is_some();
+    assert!(pings(), "attached: {}", m.log_tail(1));
+
+    // The engine's pod is deleted: no engine, so not ready, and pod traffic is dropped.
+    m.stop_child(engine);
+    let readiness = m.node(1).readiness.clone();
+    assert!(wait_for(Duration::from_secs(5), || !readiness.exists()).is_some(), "still ready without an engine: {}", m.log_tail(1));
+    assert!(!ping(&p1.ns, p2.v4, 2, "1"), "pod traffic without an engine");
+    assert!(m.node(1).agent.is_some(), "the agent keeps running");
+
+    // The new pod's engine: configured by the same agent, traffic flows again.
+    m.start_engine(1);
+    m.wait_ready(1);
+    assert!(pings(), "after the engine came back: {}", m.log_tail(1));
+    only_wireguard(&mut m, cap);
+}

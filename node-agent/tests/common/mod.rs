@@ -524,6 +524,36 @@ impl Mesh {
 
     /// Starts node `n`'s agent (which starts the engine if there is none).
     pub fn start_agent(&mut self, n: u32) {
+        self.start_agent_with(n, &[]);
+    }
+
+    /// Starts node `n`'s engine the way the wgmesh-tunnel DaemonSet does (`--foreground`, not
+    /// the agent's child); returns the handle for `stop_child`.
+    pub fn start_engine(&mut self, n: u32) -> usize {
+        let node = self.node(n);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns])
+            .arg(&node.engine)
+            .args(["--foreground", &node.ifname])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the engine: {e}"));
+        self.extra_children.push(child);
+        self.extra_children.len() - 1
+    }
+
+    /// Kills a process `start_engine` started and waits for it.
+    pub fn stop_child(&mut self, i: usize) {
+        if let Some(c) = self.extra_children.get_mut(i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `n`'s agent with `extra` arguments after the usual ones.
+    pub fn start_agent_with(&mut self, n: u32, extra: &[&str]) {
         let peer_dir = self.peer_dir();
         let node = self.node_mut(n);
         let log = std::fs::OpenOptions::new()
@@ -560,6 +590,7 @@ impl Mesh {
             ])
             .args(["--pod-cidr", &node.v4_cidr(), "--pod-cidr", &node.v6_cidr()])
             .args(["--interval-ms", "200"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
