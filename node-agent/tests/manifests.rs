@@ -530,7 +530,7 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
     );
     check(
         cfg.engine_mode == EngineMode::Attach,
-        "agent engine mode is not attach (the engine is the tunnel container)".into(),
+        "agent engine mode is not attach (the engine is the wgmesh-tunnel DaemonSet's)".into(),
     );
     check(
         cfg.cluster_cidrs == [SAMPLE_CIDR.parse::<IpCidr>().expect("sample")],

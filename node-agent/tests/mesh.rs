@@ -720,7 +720,7 @@ fn an_attached_agent_configures_each_new_engine_and_nothing_leaks_in_between() {
     let readiness = m.node(1).readiness.clone();
     assert!(wait_for(Duration::from_secs(5), || !readiness.exists()).is_some(), "still ready without an engine: {}", m.log_tail(1));
     assert!(!ping(&p1.ns, p2.v4, 2, "1"), "pod traffic without an engine");
-    assert!(m.node(1).agent.is_some(), "the agent keeps running");
+    assert!(m.agent_running(1), "the agent keeps running");
 
     // The new pod's engine: configured by the same agent, traffic flows again.
     m.start_engine(1);

@@ -537,7 +537,13 @@ impl Mesh {
             .args(["--foreground", &node.ifname])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&node.log)
+                    .unwrap_or_else(|e| panic!("{}: {e}", node.log.display())),
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the engine: {e}"));
         self.extra_children.push(child);
@@ -602,6 +608,11 @@ impl Mesh {
     }
 
     /// SIGKILLs node `n`'s agent (no chance to clean anything up).
+    /// Whether node `n`'s agent process is still running.
+    pub fn agent_running(&mut self, n: u32) -> bool {
+        self.node_mut(n).agent.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn kill_agent(&mut self, n: u32) {
         if let Some(mut c) = self.node_mut(n).agent.take() {
             let _ = c.kill();
@@ -885,7 +896,20 @@ pub fn summarize(bytes: &[u8]) -> CaptureSummary {
             .map(|x| u16::from_be_bytes([x[0], x[1]]))
             .unwrap_or(0);
         match ethertype {
-            0x0806 => s.arp += 1,
+            0x0806 => {
+                s.arp += 1;
+                // Underlay hosts ask for each other; a request for any other address means an
+                // IP packet was routed onto the underlay: a leak whose frame never left, since
+                // nobody answers (the nodes' default route has no gateway).
+                let ip4 = |o: usize| f.get(o..o + 4).map(|a| [a[0], a[1], a[2], a[3]]).unwrap_or_default();
+                let (spa, tpa) = (ip4(28), ip4(38));
+                if spa[..3] != [192, 168, 77] || tpa[..3] != [192, 168, 77] {
+                    s.other_ip.push(format!(
+                        "ARP for {}.{}.{}.{} from {}.{}.{}.{}: a packet for it was routed onto the underlay",
+                        tpa[0], tpa[1], tpa[2], tpa[3], spa[0], spa[1], spa[2], spa[3]
+                    ));
+                }
+            }
             0x0800 => {
                 let ip = &f[14.min(f.len())..];
                 let ihl = ip.first().map(|b| usize::from(b & 0x0f) * 4).unwrap_or(0);
