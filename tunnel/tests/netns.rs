@@ -320,6 +320,26 @@ fn persistent_keepalive_on_set_sends_at_once() {
 }
 
 #[test]
+fn a_keepalive_set_right_after_link_up_finds_the_socket_bound() {
+    // The node agent sets the link up and then kicks a new peer (keepalive on, then off) in
+    // the same breath; the kernel binds at link-up, so the kick must start a handshake at once
+    // rather than be lost to an engine that had not noticed the link yet.
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    let (ns, iface, peer) = (&p.ns[0], &p.iface[0], &p.keys[1].public);
+    ok(&["ip", "-n", ns, "link", "set", iface, "down"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let out = sh(&format!(
+        "ip -n {ns} link set {iface} up && ip netns exec {ns} wg set {iface} peer {peer} persistent-keepalive 1 \
+         && ip netns exec {ns} wg set {iface} peer {peer} persistent-keepalive 0"
+    ));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1000));
+    let hs = p.lab.exec_ok(ns, &["wg", "show", iface, "latest-handshakes"]);
+    let t: u64 = hs.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+    assert!(t > 0, "no handshake after the kick: {hs}");
+}
+
+#[test]
 fn stealth_no_reply_to_junk_or_bad_mac1() {
     let p = pair(Impl::Ours, Impl::Ours, false);
     let cap = format!("/tmp/{}.pcap", p.lab.id);

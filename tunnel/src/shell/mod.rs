@@ -52,6 +52,8 @@ struct State {
     /// Configured port; 0 asks for a random one when the link comes up.
     listen_port: u16,
     fwmark: u32,
+    /// When binding was last tried: retried every second while the link is up without a socket.
+    bind_tried: std::time::Instant,
 }
 
 /// The TUN read side: its buffers, and the token that keeps one reader at a time, so the
@@ -164,7 +166,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             name: name.into(),
             socket_path,
-            state: Mutex::new(State { dev: Device::default(), listen_port: 0, fwmark: 0 }),
+            state: Mutex::new(State { dev: Device::default(), listen_port: 0, fwmark: 0, bind_tried: std::time::Instant::now() }),
             tun_reader: Mutex::new(TunReader::default()),
             tun_bulk: AtomicBool::new(false),
             tun_thread: std::sync::OnceLock::new(),
@@ -513,52 +515,54 @@ impl Engine {
         }
     }
 
-    /// Follows the interface: gone → stop; up/down → bind/unbind; MTU → padding bound.
+    /// Follows the interface every tick until it is gone or the socket removed.
     fn monitor(&self) {
-        let mut batch = Batch::default();
-        let mut out = TunWriter::default();
-        // When binding was last tried: retried every second while the link is up without a socket.
-        let mut bind_tried = std::time::Instant::now();
-        while !self.stopped() {
-            let Some(flags) = link_flags(&self.name) else {
-                tracing::info!(interface = %self.name, "interface deleted; exiting");
-                return;
-            };
-            if !self.socket_path.exists() {
-                tracing::info!(path = %self.socket_path.display(), "UAPI socket removed; exiting");
-                return;
-            }
-            let up = flags & libc::IFF_UP as u32 != 0;
-            let mut st = self.lock();
-            if let Ok(mtu) = self.tun.mtu() {
-                st.dev.set_mtu(mtu as usize);
-            }
-            if up != st.dev.is_up() {
-                if up {
-                    bind_tried = std::time::Instant::now();
-                    if let Err(e) = self.rebind(&mut st, true) {
-                        tracing::warn!(port = st.listen_port, error = %e, "cannot bind UDP port; retrying every second");
-                    }
-                } else {
-                    *self.bind.write().unwrap_or_else(|e| e.into_inner()) = None;
-                }
-                st.dev.set_up(up, now(), &mut batch);
-                tracing::info!(interface = %self.name, up, "link state");
-            } else if up
-                && bind_tried.elapsed() >= Duration::from_secs(1)
-                && self.bind.read().unwrap_or_else(|e| e.into_inner()).is_none()
-            {
-                // The port was taken when the link came up (the kernel would refuse the link):
-                // keep trying, so the tunnel comes up once the port is free.
-                bind_tried = std::time::Instant::now();
-                if self.rebind(&mut st, false).is_ok() {
-                    tracing::info!(port = st.listen_port, "UDP port bound");
-                }
-            }
-            drop(st);
-            self.flush(&mut batch, &mut [], &mut out);
+        while !self.stopped() && self.follow_link() {
             std::thread::sleep(TICK);
         }
+    }
+
+    /// Up/down → bind/unbind; MTU → padding bound. False once the interface or socket is gone.
+    fn follow_link(&self) -> bool {
+        let (mut batch, mut out) = (Batch::default(), TunWriter::default());
+        let Some(flags) = link_flags(&self.name) else {
+            tracing::info!(interface = %self.name, "interface deleted; exiting");
+            return false;
+        };
+        if !self.socket_path.exists() {
+            tracing::info!(path = %self.socket_path.display(), "UAPI socket removed; exiting");
+            return false;
+        }
+        let up = flags & libc::IFF_UP as u32 != 0;
+        let mut st = self.lock();
+        if let Ok(mtu) = self.tun.mtu() {
+            st.dev.set_mtu(mtu as usize);
+        }
+        if up != st.dev.is_up() {
+            if up {
+                st.bind_tried = std::time::Instant::now();
+                if let Err(e) = self.rebind(&mut st, true) {
+                    tracing::warn!(port = st.listen_port, error = %e, "cannot bind UDP port; retrying every second");
+                }
+            } else {
+                *self.bind.write().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            st.dev.set_up(up, now(), &mut batch);
+            tracing::info!(interface = %self.name, up, "link state");
+        } else if up
+            && st.bind_tried.elapsed() >= Duration::from_secs(1)
+            && self.bind.read().unwrap_or_else(|e| e.into_inner()).is_none()
+        {
+            // The port was taken when the link came up (the kernel would refuse the link):
+            // keep trying, so the tunnel comes up once the port is free.
+            st.bind_tried = std::time::Instant::now();
+            if self.rebind(&mut st, false).is_ok() {
+                tracing::info!(port = st.listen_port, "UDP port bound");
+            }
+        }
+        drop(st);
+        self.flush(&mut batch, &mut [], &mut out);
+        true
     }
 
     /// (Re)binds the sockets to the configured port; only while the link is up. `patient`
@@ -604,6 +608,9 @@ impl Engine {
                 return e.errno();
             }
         };
+        // A link just set up is up before the next tick: the kernel binds at link-up, so a
+        // keepalive in this request (the agent's handshake kick) must find a socket.
+        self.follow_link();
         let mut batch = Batch::default();
         let clock = now();
         let mut st = self.lock();
