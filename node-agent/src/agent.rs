@@ -13,6 +13,7 @@ use wgmesh_api::{IpCidr, MeshConfig, PublicKey};
 
 use crate::config::{AgentConfig, Source};
 use crate::engine::{Engine, EngineError};
+use crate::guard::{Guard, GuardError};
 use crate::http::Health;
 use crate::key::{self, KeyError, PrivateKey};
 use crate::mesh_input::{desired_peers, local_facts, mesh_input, MeshInput};
@@ -57,6 +58,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("underlay guard: {0}")]
+    Guard(#[from] GuardError),
     #[error("not ready: {0}")]
     NotReady(String),
 }
@@ -104,6 +107,9 @@ pub struct Agent {
     applied_names: BTreeMap<String, PublicKey>,
     engine: Engine,
     nl: Netlink,
+    guard: Guard,
+    /// The guard table was removed once because the configuration turns it off.
+    guard_off_done: bool,
     source: DesiredSource,
     input: Option<MeshInput>,
     peers: Vec<EnginePeer>,
@@ -158,6 +164,8 @@ impl Agent {
             key,
             public_key,
             nl,
+            guard: Guard::new("nft".into()),
+            guard_off_done: false,
             source,
             input: None,
             peers: Vec::new(),
@@ -249,12 +257,14 @@ impl Agent {
         // Routes and the rule before the engine's UAPI calls, so a hung engine (10 s per
         // call) never delays their repair; a route with no peer in the engine yet only drops.
         let routes_result = self.sync_routes(link.as_ref().map(|l| l.index), true);
+        let guard_result = self.sync_guard();
         let engine_result = match (&started, &link) {
             (Ok(_), Some(_)) => self.sync_engine(),
             _ => Ok(()),
         };
 
         routes_result?;
+        guard_result?;
         started?;
         source_result?;
         link_result?;
@@ -574,6 +584,28 @@ impl Agent {
         }
         let rules = self.sync_rules(&want, allow_delete);
         first_error.map_or(rules, Err)
+    }
+
+    /// The underlay guard (`guard.rs`) for the current local pod CIDRs. While they are unknown
+    /// (the node is not ready then) a table left by an earlier run stays as it is: written
+    /// without them it would cut host-to-local-pod traffic.
+    fn sync_guard(&mut self) -> Result<(), AgentError> {
+        if !(self.cfg.fail_closed && self.cfg.nft_guard) {
+            if !self.guard_off_done {
+                if self.guard.remove()? {
+                    tracing::info!(table = crate::guard::TABLE, "underlay guard removed (turned off by --no-nft-guard or --no-fail-closed)");
+                }
+                self.guard_off_done = true;
+            }
+            return Ok(());
+        }
+        if self.local.pod_cidrs.is_empty() {
+            return Ok(());
+        }
+        let script = crate::guard::ruleset(&self.cfg.interface, &self.cfg.cluster_cidrs, &self.local.pod_cidrs)?;
+        let dropped = self.guard.sync(&script)?;
+        self.metrics.guard_drops.inc_by(dropped);
+        Ok(())
     }
 
     // before the first read of the source: add the drops and the rule, remove nothing

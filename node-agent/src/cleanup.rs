@@ -15,8 +15,8 @@ pub struct CleanupPlan<'a> {
     pub private_key: Option<&'a Path>,
 }
 
-/// Removes rules, routes, the interface (its engine exits when the TUN goes), the readiness
-/// and key files. Returns one message per thing that could not be removed.
+/// Removes rules, routes, the underlay guard, the interface (its engine exits when the TUN
+/// goes), the readiness and key files. Returns one message per thing that could not be removed.
 pub fn cleanup(p: &CleanupPlan) -> Vec<String> {
     let mut errors = Vec::new();
     let mut nl = match Netlink::new() {
@@ -66,6 +66,14 @@ pub fn cleanup(p: &CleanupPlan) -> Vec<String> {
             Ok(None) => {}
             Err(e) => errors.push(format!("list links: {e}")),
         }
+    }
+    // the guard last: until it goes, nothing to the pod network leaves outside the tunnel
+    match crate::guard::Guard::new("nft".into()).remove() {
+        Ok(true) => tracing::info!(table = crate::guard::TABLE, "removed the underlay guard"),
+        Ok(false) => {}
+        // no nft on this host: the agent never installed a guard here
+        Err(crate::guard::GuardError::Spawn(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(e.to_string()),
     }
     let mut files = vec![p.readiness_path];
     files.extend(p.public_key_file);

@@ -112,6 +112,10 @@ pub struct RunArgs {
     /// Fail open: do not drop pod traffic no peer covers (it may then leave in plaintext).
     #[arg(long)]
     pub no_fail_closed: bool,
+    /// Rely on routing alone: no nftables table dropping pod-network packets that would leave
+    /// outside the tunnel (needs the `nft` tool otherwise).
+    #[arg(long)]
+    pub no_nft_guard: bool,
     /// Engine binary (default: wgmesh-tunnel next to this binary, else from PATH).
     #[arg(long)]
     pub engine_binary: Option<PathBuf>,
@@ -193,6 +197,7 @@ impl RunArgs {
             pod_cidrs: self.pod_cidrs,
             tunnel_addresses: self.tunnel_addresses,
             fail_closed: !self.no_fail_closed,
+            nft_guard: !self.no_nft_guard,
             readiness_path: self.common.readiness_path,
             engine_binary: self.engine_binary.unwrap_or_else(default_binary),
             engine_mode: self.engine,
@@ -234,6 +239,7 @@ mod tests {
         assert_eq!(c.readiness_path, PathBuf::from(READINESS_PATH));
         assert_eq!(c.private_key_path, PathBuf::from(DEFAULT_PRIVATE_KEY_PATH));
         assert!(c.fail_closed);
+        assert!(c.nft_guard, "the underlay guard is on by default");
         assert_eq!(c.engine_mode, EngineMode::Auto);
         assert!(
             matches!(c.source, Source::File { .. }),
@@ -249,6 +255,12 @@ mod tests {
         assert!(e.contains("--cluster-cidr"), "{e}");
         let c = parse_exactly(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--no-fail-closed"]).expect("parse");
         assert!(!c.fail_closed && c.cluster_cidrs.is_empty());
+        let c = parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--no-nft-guard"]).expect("parse");
+        assert!(c.fail_closed && !c.nft_guard);
+        // the guard quotes the interface for nft; a name that would end the quote is refused
+        let e = parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--interface", "wg\"0"]).unwrap_err();
+        assert!(e.contains("cannot be quoted"), "{e}");
+        assert!(parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--interface", "wg\"0", "--no-nft-guard"]).is_ok());
         for p in ["0", "32766", "32767"] {
             let e = parse(&["a", "run", "--node-name", "n1", "--peer-dir", "d", "--rule-priority", p]).unwrap_err();
             assert!(e.contains("--rule-priority"), "{p}: {e}");

@@ -37,6 +37,8 @@ pub struct AgentConfig {
     /// Overrides the local node's tunnel addresses from the source.
     pub tunnel_addresses: Vec<IpAddr>,
     pub fail_closed: bool,
+    /// With `fail_closed`: the nftables table that drops pod-network packets leaving outside the tunnel.
+    pub nft_guard: bool,
     pub readiness_path: PathBuf,
     pub engine_binary: PathBuf,
     pub engine_mode: EngineMode,
@@ -80,6 +82,9 @@ impl AgentConfig {
         }
         if self.fail_closed && self.cluster_cidrs.is_empty() {
             return Err("fail-closed needs the cluster's pod network: pass --cluster-cidr (or --no-fail-closed)".into());
+        }
+        if self.fail_closed && self.nft_guard {
+            crate::guard::ruleset(&self.interface, &self.cluster_cidrs, &[]).map_err(|e| e.to_string())?;
         }
         if self.table == 0 || (253..=255).contains(&self.table) {
             return Err(format!(

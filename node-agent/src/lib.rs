@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod guard;
 pub mod http;
 pub mod key;
 pub mod mesh_input;

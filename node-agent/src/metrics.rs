@@ -25,6 +25,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub reconcile_errors: Counter,
     pub engine_starts: Counter,
+    pub guard_drops: Counter,
 }
 
 impl Default for Metrics {
@@ -37,6 +38,7 @@ impl Default for Metrics {
         let ready = Gauge::default();
         let reconcile_errors = Counter::default();
         let engine_starts = Counter::default();
+        let guard_drops = Counter::default();
         registry.register(
             "wireguard_latest_handshake_seconds",
             "Unix time of the latest handshake with the peer (0: never)",
@@ -72,6 +74,11 @@ impl Default for Metrics {
             "Times the agent started the engine",
             engine_starts.clone(),
         );
+        registry.register(
+            "wgmesh_agent_guard_drops",
+            "Packets to the pod network the underlay guard dropped because they were about to leave outside the tunnel",
+            guard_drops.clone(),
+        );
         Metrics {
             registry,
             handshake,
@@ -81,6 +88,7 @@ impl Default for Metrics {
             ready,
             reconcile_errors,
             engine_starts,
+            guard_drops,
         }
     }
 }

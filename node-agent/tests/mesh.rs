@@ -449,6 +449,55 @@ fn a_deleted_rule_comes_back_while_another_route_keeps_failing() {
     only_wireguard(&mut m, cap);
 }
 
+/// The agent's nftables table in node namespace `ns`, as `nft list` prints it.
+fn guard_table(ns: &str) -> Option<String> {
+    let o = in_ns(ns, &["nft", "list", "table", "inet", "wgmesh"]);
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underlay() {
+    let _serial = serial();
+    let (mut m, cap, p1, p2) = two_nodes_up();
+    let node_ns = m.node(1).ns.clone();
+    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t));
+    assert!(guard_table(&node_ns).is_some_and(|t| t.contains("oifname")), "no underlay guard");
+    assert_eq!(drops(), 0, "the guard dropped traffic of a working mesh");
+    // Removed by someone else while the agent runs: back within about a second.
+    assert!(in_ns(&node_ns, &["nft", "delete", "table", "inet", "wgmesh"]).status.success());
+    assert!(
+        wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_some()).is_some(),
+        "the guard was not put back: {}",
+        m.log_tail(1)
+    );
+
+    // No agent, and another program flushes our policy rules (systemd-networkd does by
+    // default): routing now sends node 1's pod packets out of `main`, onto the underlay.
+    m.kill_agent(1);
+    for fam in ["-4", "-6"] {
+        ip(&["-n", &node_ns, fam, "rule", "del", "priority", "100"]);
+    }
+    assert!(!ping(&p1.ns, p2.v4, 3, "1"), "pod traffic with no rule and no agent");
+    assert!(drops() >= 3, "the guard did not drop them: {:?}", guard_table(&node_ns));
+
+    // The agent comes back: the rule returns, traffic flows, and it reports what was dropped.
+    m.start_agent(1);
+    m.wait_ready(1);
+    assert!(
+        wait_for(Duration::from_secs(5), || ping(&p1.ns, p2.v4, 1, "1")).is_some(),
+        "pod traffic after the agent's return: {}",
+        m.log_tail(1)
+    );
+    assert!(m.log_tail(1).contains("underlay guard dropped"), "{}", m.log_tail(1));
+    // Turned off: an agent started with --no-nft-guard removes the table it finds.
+    m.kill_agent(1);
+    m.start_agent_with(1, &["--no-nft-guard"]);
+    m.wait_ready(1);
+    assert!(wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_none()).is_some(), "guard left with --no-nft-guard");
+    // the capture fails on an ARP request for a pod address: what a leak looks like here
+    only_wireguard(&mut m, cap);
+}
+
 /// `wg show IFACE WHAT` in node namespace `ns`, as lines of tab-separated fields.
 fn wg_show(ns: &str, ifname: &str, what: &str) -> Vec<Vec<String>> {
     let o = in_ns(ns, &["wg", "show", ifname, what]);
@@ -625,7 +674,10 @@ fn cleanup_removes_everything_the_agent_installed() {
     ip(&["-n", &node_ns, "rule", "add", "not", "fwmark", "0xca6c", "priority", "100", "table", TABLE]);
     ip(&["-n", &node_ns, "route", "add", "192.0.2.0/24", "dev", "lo", "table", TABLE]);
     ip(&["-n", &node_ns, "-6", "route", "add", "2001:db8:77::/64", "dev", "lo", "table", TABLE]);
+    // another program's nftables table is not ours either
+    assert!(in_ns(&node_ns, &["nft", "add", "table", "inet", "someone_else"]).status.success());
     std::thread::sleep(Duration::from_millis(1500));
+    assert!(guard_table(&node_ns).is_some(), "no underlay guard");
     let foreign_kept = |when: &str| {
         for fam in ["-4", "-6"] {
             let rules = ip(&["-n", &node_ns, fam, "rule"]);
@@ -672,6 +724,8 @@ fn cleanup_removes_everything_the_agent_installed() {
         "engine still running"
     );
     assert!(!readiness.exists(), "readiness file left");
+    assert!(guard_table(&node_ns).is_none(), "underlay guard left");
+    assert!(in_ns(&node_ns, &["nft", "list", "table", "inet", "someone_else"]).status.success(), "cleanup removed a foreign nftables table");
     assert!(key.exists(), "the private key is kept unless --remove-key");
     // twice is fine
     let o = in_ns(

@@ -83,7 +83,7 @@ pub fn require_environment() {
     ] {
         assert!(bin.exists(), "{} is missing: {how}", bin.display());
     }
-    for tool in ["ip", "ping", "tcpdump"] {
+    for tool in ["ip", "ping", "tcpdump", "nft"] {
         let ok = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -91,7 +91,7 @@ pub fn require_environment() {
             .unwrap_or(false);
         assert!(
             ok,
-            "{tool} is missing: apt-get install iproute2 iputils-ping tcpdump"
+            "{tool} is missing: apt-get install iproute2 iputils-ping tcpdump nftables"
         );
     }
 }

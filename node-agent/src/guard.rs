@@ -1,0 +1,250 @@
+//! The underlay guard: an nftables table that drops every packet to the cluster's pod network
+//! that would leave through any interface but the tunnel. Routing already sends such packets
+//! into the tunnel or to `unreachable` (`routes.rs`); the guard holds when that routing is gone,
+//! say a policy rule flushed by another program (systemd-networkd's default
+//! `ManageForeignRoutingPolicyRules=yes` removes rules it did not make) while no agent runs to
+//! put it back. Then the primary CNI's routes in `main` would carry pod packets in plaintext.
+//!
+//! `ruleset` is pure; `Guard` applies it with the `nft` tool (nftables' own parser, one
+//! transaction per script) and checks once a second that the kernel still holds it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wgmesh_api::cidr::Family;
+use wgmesh_api::IpCidr;
+
+/// The nftables table (family `inet`, both IP versions) the agent owns.
+pub const TABLE: &str = "wgmesh";
+/// The table is compared with what the kernel holds this often.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("cannot run {0}: {1} (install nftables, or pass --no-nft-guard to rely on routing alone)")]
+    Spawn(String, std::io::Error),
+    #[error("nft {0} failed: {1}")]
+    Nft(&'static str, String),
+    #[error("interface name {0:?} cannot be quoted for nft")]
+    BadInterface(String),
+}
+
+/// The script that replaces table `inet wgmesh` in one transaction: packets to a local pod
+/// CIDR pass; to any other cluster CIDR only through `interface`.
+pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpCidr]) -> Result<String, GuardError> {
+    // nft strings end at the first quote; a backslash would be read as an escape
+    if interface.contains(['"', '\\']) || interface.chars().any(|c| c.is_control()) {
+        return Err(GuardError::BadInterface(interface.into()));
+    }
+    let mut rules = format!("\t\toifname \"{interface}\" accept\n");
+    for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
+        let local = outermost(local_pod_cidrs, family);
+        let cluster = outermost(cluster_cidrs, family);
+        if cluster.is_empty() {
+            continue;
+        }
+        if !local.is_empty() {
+            rules += &format!("\t\t{ip} daddr {{ {} }} accept\n", local.join(", "));
+        }
+        rules += &format!("\t\t{ip} daddr {{ {} }} counter drop\n", cluster.join(", "));
+    }
+    // `add` then `delete` then the table: the delete never fails and nothing is half-replaced
+    Ok(format!(
+        "add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n\
+         \tchain postrouting {{\n\t\ttype filter hook postrouting priority 0; policy accept;\n{rules}\t}}\n}}\n"
+    ))
+}
+
+/// The prefixes of one family that no other in the list contains (nft refuses overlapping
+/// elements), sorted and printed.
+fn outermost(cidrs: &[IpCidr], family: Family) -> Vec<String> {
+    let mine: Vec<&IpCidr> = cidrs.iter().filter(|c| c.family() == family).collect();
+    let inside = |c: &IpCidr, o: &IpCidr| {
+        let ((c0, c1), (o0, o1)) = (c.range(), o.range());
+        o0 <= c0 && c1 <= o1 && (c0, c1) != (o0, o1)
+    };
+    let mut out: Vec<&IpCidr> = mine.iter().copied().filter(|c| !mine.iter().any(|o| inside(c, o))).collect();
+    out.sort();
+    out.dedup();
+    out.iter().map(|c| c.to_string()).collect()
+}
+
+/// Packets the guard dropped, summed over its counters in an `nft list` output.
+pub fn dropped(listing: &str) -> u64 {
+    listing
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The listing without counter values, which change with traffic.
+fn shape(listing: &str) -> String {
+    listing
+        .lines()
+        .map(|l| match l.find("counter packets ") {
+            Some(at) => {
+                let tail = l[at..].splitn(6, ' ').nth(5).unwrap_or("");
+                format!("{}counter {tail}", &l[..at])
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Keeps the guard table in the kernel equal to the desired script.
+pub struct Guard {
+    nft: PathBuf,
+    /// The script last applied and the table's shape right after.
+    applied: Option<(String, String)>,
+    checked: Option<Instant>,
+    drops: u64,
+}
+
+impl Guard {
+    pub fn new(nft: PathBuf) -> Self {
+        Guard { nft, applied: None, checked: None, drops: 0 }
+    }
+
+    /// Puts `script` in place unless the kernel holds it already (checked at most every
+    /// [`CHECK_EVERY`] while unchanged). Returns the packets dropped since the last call.
+    pub fn sync(&mut self, script: &str) -> Result<u64, GuardError> {
+        let same = self.applied.as_ref().is_some_and(|(s, _)| s == script);
+        if same && self.checked.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+            return Ok(0);
+        }
+        let have = self.list()?;
+        let intact = same && have.as_ref().zip(self.applied.as_ref()).is_some_and(|(h, (_, then))| shape(h) == *then);
+        // counted whatever table is there: ours, or one an earlier agent left (its drops
+        // happened while no agent ran)
+        let new = have.as_deref().map_or(0, dropped).saturating_sub(self.drops);
+        if new > 0 {
+            tracing::warn!(
+                dropped = new,
+                "the underlay guard dropped pod-network packets that were about to leave outside the tunnel (was the policy rule gone?)"
+            );
+        }
+        if intact {
+            self.drops += new;
+        } else {
+            if same {
+                tracing::warn!(table = TABLE, "the guard table was removed or changed by someone else; putting it back");
+            }
+            self.nft(&["-f", "-"], Some(script), "-f")?;
+            let now = self.list()?.ok_or_else(|| GuardError::Nft("list", format!("table inet {TABLE} missing right after it was added")))?;
+            if !same {
+                tracing::info!(table = TABLE, "underlay guard in place: pod-network packets leave only through the tunnel");
+            }
+            // the new table's counters start at zero
+            self.drops = 0;
+            self.applied = Some((script.to_string(), shape(&now)));
+        }
+        self.checked = Some(Instant::now());
+        Ok(new)
+    }
+
+    /// Removes the table; true if there was one.
+    pub fn remove(&mut self) -> Result<bool, GuardError> {
+        self.applied = None;
+        if self.list()?.is_none() {
+            return Ok(false);
+        }
+        self.nft(&["delete", "table", "inet", TABLE], None, "delete")?;
+        Ok(true)
+    }
+
+    /// `nft list table inet wgmesh`; `None` when there is no such table.
+    fn list(&self) -> Result<Option<String>, GuardError> {
+        match self.nft(&["list", "table", "inet", TABLE], None, "list") {
+            Ok(out) => Ok(Some(out)),
+            Err(GuardError::Nft(_, e)) if e.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn nft(&self, args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<String, GuardError> {
+        let spawn_err = |e| GuardError::Spawn(self.nft.display().to_string(), e);
+        let mut child = Command::new(&self.nft)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(GuardError::Nft(what, err));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(list: &[&str]) -> Vec<IpCidr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn local_pods_pass_the_rest_of_the_pod_network_leaves_only_through_the_tunnel() {
+        let s = ruleset(
+            "wgmesh0",
+            &cidrs(&["10.244.0.0/16", "fd00:244::/56"]),
+            &cidrs(&["10.244.1.0/24", "fd00:244:0:1::/64"]),
+        )
+        .unwrap();
+        let rules: Vec<&str> = s.lines().map(str::trim).filter(|l| l.contains("accept") || l.contains("drop")).collect();
+        assert_eq!(
+            rules,
+            [
+                "type filter hook postrouting priority 0; policy accept;",
+                "oifname \"wgmesh0\" accept",
+                "ip daddr { 10.244.1.0/24 } accept",
+                "ip daddr { 10.244.0.0/16 } counter drop",
+                "ip6 daddr { fd00:244:0:1::/64 } accept",
+                "ip6 daddr { fd00:244::/56 } counter drop",
+            ]
+        );
+        // one transaction that replaces the table whether or not it exists
+        assert!(s.starts_with("add table inet wgmesh\ndelete table inet wgmesh\ntable inet wgmesh {"));
+    }
+
+    #[test]
+    fn families_without_a_cluster_cidr_get_no_rules_and_nested_prefixes_are_merged() {
+        let s = ruleset(
+            "wg0",
+            &cidrs(&["10.0.0.0/8", "10.244.0.0/16", "10.0.0.0/8"]),
+            &cidrs(&["10.244.1.0/24", "10.244.1.0/25", "fd00::/64"]),
+        )
+        .unwrap();
+        assert!(s.contains("ip daddr { 10.0.0.0/8 } counter drop"), "{s}");
+        assert!(s.contains("ip daddr { 10.244.1.0/24 } accept"), "{s}");
+        assert!(!s.contains("ip6"), "no IPv6 cluster CIDR, no IPv6 rule: {s}");
+    }
+
+    #[test]
+    fn an_interface_name_that_would_break_out_of_the_quotes_is_refused() {
+        for bad in ["wg\"0", "wg\\0", "wg\n0"] {
+            assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counters_are_summed_and_left_out_of_the_shape() {
+        let listing = "table inet wgmesh {\n\tchain postrouting {\n\t\tip daddr { 10.244.0.0/16 } counter packets 3 bytes 252 drop\n\t\tip6 daddr { fd00::/56 } counter packets 2 bytes 208 drop\n\t}\n}\n";
+        assert_eq!(dropped(listing), 5);
+        let quiet = listing.replace("packets 3 bytes 252", "packets 0 bytes 0").replace("packets 2 bytes 208", "packets 0 bytes 0");
+        assert_eq!(shape(listing), shape(&quiet));
+        assert!(shape(listing).contains("ip daddr { 10.244.0.0/16 } counter drop"), "{}", shape(listing));
+        assert_ne!(shape(listing), shape(&listing.replace("10.244.0.0/16", "10.245.0.0/16")));
+    }
+}
