@@ -592,8 +592,12 @@ impl Agent {
     fn sync_guard(&mut self) -> Result<(), AgentError> {
         if !(self.cfg.fail_closed && self.cfg.nft_guard) {
             if !self.guard_off_done {
-                if self.guard.remove()? {
-                    tracing::info!(table = crate::guard::TABLE, "underlay guard removed (turned off by --no-nft-guard or --no-fail-closed)");
+                // once, and never a reason to be unready: hosts without nft are why it is off
+                match self.guard.remove() {
+                    Ok(true) => tracing::info!(table = crate::guard::TABLE, "underlay guard removed (turned off by --no-nft-guard or --no-fail-closed)"),
+                    Ok(false) => {}
+                    Err(GuardError::Spawn(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot remove the underlay guard table"),
                 }
                 self.guard_off_done = true;
             }

@@ -18,6 +18,8 @@ use wgmesh_api::IpCidr;
 
 /// The nftables table (family `inet`, both IP versions) the agent owns.
 pub const TABLE: &str = "wgmesh";
+/// How long one `nft` run may take.
+const NFT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The table is compared with what the kernel holds this often.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -34,11 +36,13 @@ pub enum GuardError {
 /// The script that replaces table `inet wgmesh` in one transaction: packets to a local pod
 /// CIDR pass; to any other cluster CIDR only through `interface`.
 pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpCidr]) -> Result<String, GuardError> {
-    // nft strings end at the first quote; a backslash would be read as an escape
-    if interface.contains(['"', '\\']) || interface.chars().any(|c| c.is_control()) {
+    // nft strings end at the first quote, a backslash escapes and a trailing `*` is a wildcard
+    if interface.contains(['"', '\\', '*']) || interface.chars().any(|c| c.is_control()) {
         return Err(GuardError::BadInterface(interface.into()));
     }
-    let mut rules = format!("\t\toifname \"{interface}\" accept\n");
+    // loopback never reaches the underlay (a tunnel address given by flag may lie outside the
+    // local pod CIDRs)
+    let mut rules = format!("\t\toifname \"{interface}\" accept\n\t\toifname \"lo\" accept\n");
     for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
         let local = outermost(local_pod_cidrs, family);
         let cluster = outermost(cluster_cidrs, family);
@@ -128,7 +132,8 @@ impl Guard {
             );
         }
         if intact {
-            self.drops += new;
+            // the kernel's count, which `nft reset counters` may have lowered
+            self.drops = have.as_deref().map_or(0, dropped);
         } else {
             if same {
                 tracing::warn!(table = TABLE, "the guard table was removed or changed by someone else; putting it back");
@@ -177,6 +182,16 @@ impl Guard {
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
         }
+        // a hung nft must not hold up the agent's loop (routes, rule, readiness)
+        let deadline = Instant::now() + NFT_TIMEOUT;
+        while child.try_wait().map_err(spawn_err)?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(GuardError::Nft(what, format!("no answer within {NFT_TIMEOUT:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let out = child.wait_with_output().map_err(spawn_err)?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -208,6 +223,7 @@ mod tests {
             [
                 "type filter hook postrouting priority 0; policy accept;",
                 "oifname \"wgmesh0\" accept",
+                "oifname \"lo\" accept",
                 "ip daddr { 10.244.1.0/24 } accept",
                 "ip daddr { 10.244.0.0/16 } counter drop",
                 "ip6 daddr { fd00:244:0:1::/64 } accept",
@@ -233,7 +249,7 @@ mod tests {
 
     #[test]
     fn an_interface_name_that_would_break_out_of_the_quotes_is_refused() {
-        for bad in ["wg\"0", "wg\\0", "wg\n0"] {
+        for bad in ["wg\"0", "wg\\0", "wg\n0", "wg*"] {
             assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
         }
     }

@@ -489,7 +489,14 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
         m.log_tail(1)
     );
     assert!(m.log_tail(1).contains("underlay guard dropped"), "{}", m.log_tail(1));
-    // Turned off: an agent started with --no-nft-guard removes the table it finds.
+    // Turned off on a host without nft: the agent is ready all the same (the table it cannot
+    // see stays); with nft it removes the table it finds.
+    m.kill_agent(1);
+    // the killed agent's readiness file would pass wait_ready before the new one starts
+    let _ = std::fs::remove_file(&m.node(1).readiness);
+    m.start_agent_env(1, &["--no-nft-guard"], &[("PATH", "/nonexistent")]);
+    m.wait_ready(1);
+    assert!(guard_table(&node_ns).is_some());
     m.kill_agent(1);
     m.start_agent_with(1, &["--no-nft-guard"]);
     m.wait_ready(1);

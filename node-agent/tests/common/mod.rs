@@ -560,6 +560,14 @@ impl Mesh {
 
     /// Starts node `n`'s agent with `extra` arguments after the usual ones.
     pub fn start_agent_with(&mut self, n: u32, extra: &[&str]) {
+        self.start_agent_env(n, extra, &[]);
+    }
+
+    /// As `start_agent_with`, with `env` set for the agent (`ip` is found on the test's PATH).
+    pub fn start_agent_env(&mut self, n: u32, extra: &[&str], env: &[(&str, &str)]) {
+        let ip_bin = std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("ip")).find(|f| f.exists()))
+            .unwrap_or_else(|| PathBuf::from("ip"));
         let peer_dir = self.peer_dir();
         let node = self.node_mut(n);
         let log = std::fs::OpenOptions::new()
@@ -568,7 +576,7 @@ impl Mesh {
             .open(&node.log)
             .unwrap_or_else(|e| panic!("{}: {e}", node.log.display()));
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new("ip")
+        let child = Command::new(ip_bin)
             .args([
                 "netns",
                 "exec",
@@ -599,6 +607,7 @@ impl Mesh {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

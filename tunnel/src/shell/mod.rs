@@ -525,6 +525,8 @@ impl Engine {
     /// Up/down → bind/unbind; MTU → padding bound. False once the interface or socket is gone.
     fn follow_link(&self) -> bool {
         let (mut batch, mut out) = (Batch::default(), TunWriter::default());
+        // Read under the lock: with two callers, a stale "down" must not undo a fresh "up".
+        let mut st = self.lock();
         let Some(flags) = link_flags(&self.name) else {
             tracing::info!(interface = %self.name, "interface deleted; exiting");
             return false;
@@ -534,7 +536,6 @@ impl Engine {
             return false;
         }
         let up = flags & libc::IFF_UP as u32 != 0;
-        let mut st = self.lock();
         if let Ok(mtu) = self.tun.mtu() {
             st.dev.set_mtu(mtu as usize);
         }
