@@ -133,6 +133,7 @@ fn values_reach_their_fields() {
         "--set", "node.httpPort=9700",
         "--set", "node.logLevel=debug",
         "--set", "operator.replicas=3",
+        "--set", "node.nftGuard=false",
     ])
     .unwrap_or_else(|e| panic!("helm template: {e}"));
     let ds = "DaemonSet/mesh/wgmesh-node";
@@ -145,6 +146,7 @@ fn values_reach_their_fields() {
     assert_eq!(env(agent, "WGMESH_CLUSTER_CIDR"), json!("10.42.0.0/16"));
     assert!(args.contains(&"--cluster-cidr=$(WGMESH_CLUSTER_CIDR)") && args.contains(&"--cluster-cidr=fd00:42::/56"), "{args:?}");
     assert!(args.contains(&"--interface=wgm1") && args.contains(&"--http-addr=0.0.0.0:9700"), "{args:?}");
+    assert!(args.contains(&"--no-nft-guard"), "{args:?}");
     assert_eq!(agent["ports"][0]["containerPort"], json!(9700));
     assert_eq!(env(agent, "RUST_LOG"), json!("debug"));
     assert_eq!(container(&objs, tds, "tunnel")["args"], json!(["--foreground", "wgm1"]));
@@ -170,6 +172,7 @@ fn bad_values_are_refused_naming_the_value() {
         (Some("clusterCIDRs={10.1.0.0/16,10.2.0.0/16,10.3.0.0/16}"), "clusterCIDRs"),
         (Some("node.interface=this-name-is-too-long"), "node.interface"),
         (Some("node.httpPort=0"), "node.httpPort"),
+        (Some("node.nftGuard=maybe"), "node.nftGuard"),
         (Some("operator.replicas=0"), "operator.replicas"),
         (Some("images.node="), "images.node"),
     ] {
