@@ -112,8 +112,8 @@ pub struct RunArgs {
     /// Fail open: do not drop pod traffic no peer covers (it may then leave in plaintext).
     #[arg(long)]
     pub no_fail_closed: bool,
-    /// Rely on routing alone: no nftables table dropping pod-network packets that would leave
-    /// outside the tunnel (needs the `nft` tool otherwise).
+    /// Rely on routing alone: no nftables table dropping remote-pod packets that would leave
+    /// or arrive outside the tunnel (needs the `nft` tool otherwise).
     #[arg(long)]
     pub no_nft_guard: bool,
     /// Engine binary (default: wgmesh-tunnel next to this binary, else from PATH).

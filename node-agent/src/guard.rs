@@ -1,5 +1,8 @@
 //! The underlay guard: an nftables table that drops every packet to the cluster's pod network
-//! that would leave through any interface but the tunnel. Routing already sends such packets
+//! that would leave through any interface but the tunnel, and every packet from a remote pod
+//! that arrives through any interface but the tunnel (plaintext from a node that bypassed
+//! WireGuard, or spoofed on the underlay: rp_filter is often loose or off on Kubernetes
+//! nodes, and such a packet would reach the pod unauthenticated). Routing already sends such packets
 //! into the tunnel or to `unreachable` (`routes.rs`); the guard holds when that routing is gone,
 //! say a policy rule flushed by another program (systemd-networkd's default
 //! `ManageForeignRoutingPolicyRules=yes` removes rules it did not make) while no agent runs to
@@ -33,32 +36,36 @@ pub enum GuardError {
     BadInterface(String),
 }
 
-/// The script that replaces table `inet wgmesh` in one transaction: packets to a local pod
-/// CIDR pass; to any other cluster CIDR only through `interface`.
+/// The script that replaces table `inet wgmesh` in one transaction. Out: packets to a local
+/// pod CIDR pass, to any other cluster CIDR only through `interface`. In: packets from a
+/// remote pod (a cluster CIDR but no local pod CIDR) pass only from `interface`, where
+/// WireGuard authenticated them; one on any other interface is plaintext or spoofed.
 pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpCidr]) -> Result<String, GuardError> {
     // nft strings end at the first quote, a backslash escapes and a trailing `*` is a wildcard
     if interface.contains(['"', '\\', '*']) || interface.chars().any(|c| c.is_control()) {
         return Err(GuardError::BadInterface(interface.into()));
     }
-    // loopback never reaches the underlay (a tunnel address given by flag may lie outside the
-    // local pod CIDRs)
-    let mut rules = format!("\t\toifname \"{interface}\" accept\n\t\toifname \"lo\" accept\n");
-    for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
-        let local = outermost(local_pod_cidrs, family);
-        let cluster = outermost(cluster_cidrs, family);
-        if cluster.is_empty() {
-            continue;
+    // loopback never touches the underlay (a tunnel address given by flag may lie outside the
+    // local pod CIDRs); in: before conntrack (-300), so a spoofed flood leaves no entries
+    let chain = |name: &str, hook: &str, priority: i32, dev: &str, addr: &str| {
+        let mut rules = format!("\t\t{dev} \"{interface}\" accept\n\t\t{dev} \"lo\" accept\n");
+        for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
+            let local = outermost(local_pod_cidrs, family);
+            let cluster = outermost(cluster_cidrs, family);
+            if cluster.is_empty() {
+                continue;
+            }
+            if !local.is_empty() {
+                rules += &format!("\t\t{ip} {addr} {{ {} }} accept\n", local.join(", "));
+            }
+            rules += &format!("\t\t{ip} {addr} {{ {} }} counter drop\n", cluster.join(", "));
         }
-        if !local.is_empty() {
-            rules += &format!("\t\t{ip} daddr {{ {} }} accept\n", local.join(", "));
-        }
-        rules += &format!("\t\t{ip} daddr {{ {} }} counter drop\n", cluster.join(", "));
-    }
+        format!("\tchain {name} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;\n{rules}\t}}\n")
+    };
+    let out = chain("postrouting", "postrouting", 0, "oifname", "daddr");
+    let inbound = chain("prerouting", "prerouting", -300, "iifname", "saddr");
     // `add` then `delete` then the table: the delete never fails and nothing is half-replaced
-    Ok(format!(
-        "add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n\
-         \tchain postrouting {{\n\t\ttype filter hook postrouting priority 0; policy accept;\n{rules}\t}}\n}}\n"
-    ))
+    Ok(format!("add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{out}{inbound}}}\n"))
 }
 
 /// The prefixes of one family that no other in the list contains (nft refuses overlapping
@@ -128,7 +135,7 @@ impl Guard {
         if new > 0 {
             tracing::warn!(
                 dropped = new,
-                "the underlay guard dropped pod-network packets that were about to leave outside the tunnel (was the policy rule gone?)"
+                "the underlay guard dropped remote-pod packets outside the tunnel (leaving: was the policy rule gone? arriving: plaintext or spoofed)"
             );
         }
         if intact {
@@ -141,7 +148,7 @@ impl Guard {
             self.nft(&["-f", "-"], Some(script), "-f")?;
             let now = self.list()?.ok_or_else(|| GuardError::Nft("list", format!("table inet {TABLE} missing right after it was added")))?;
             if !same {
-                tracing::info!(table = TABLE, "underlay guard in place: pod-network packets leave only through the tunnel");
+                tracing::info!(table = TABLE, "underlay guard in place: remote-pod packets leave and arrive only through the tunnel");
             }
             // the new table's counters start at zero
             self.drops = 0;
@@ -210,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn local_pods_pass_the_rest_of_the_pod_network_leaves_only_through_the_tunnel() {
+    fn the_rest_of_the_pod_network_leaves_and_arrives_only_through_the_tunnel() {
         let s = ruleset(
             "wgmesh0",
             &cidrs(&["10.244.0.0/16", "fd00:244::/56"]),
@@ -228,6 +235,14 @@ mod tests {
                 "ip daddr { 10.244.0.0/16 } counter drop",
                 "ip6 daddr { fd00:244:0:1::/64 } accept",
                 "ip6 daddr { fd00:244::/56 } counter drop",
+                // in: remote pods only through the tunnel, before conntrack
+                "type filter hook prerouting priority -300; policy accept;",
+                "iifname \"wgmesh0\" accept",
+                "iifname \"lo\" accept",
+                "ip saddr { 10.244.1.0/24 } accept",
+                "ip saddr { 10.244.0.0/16 } counter drop",
+                "ip6 saddr { fd00:244:0:1::/64 } accept",
+                "ip6 saddr { fd00:244::/56 } counter drop",
             ]
         );
         // one transaction that replaces the table whether or not it exists

@@ -76,7 +76,7 @@ impl Default for Metrics {
         );
         registry.register(
             "wgmesh_agent_guard_drops",
-            "Packets to the pod network the underlay guard dropped because they were about to leave outside the tunnel",
+            "Remote-pod packets the underlay guard dropped because they were leaving or arriving outside the tunnel",
             guard_drops.clone(),
         );
         Metrics {

@@ -506,6 +506,57 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
     only_wireguard(&mut m, cap);
 }
 
+/// ICMP echo requests the namespace's stack received (`/proc/net/snmp` InEchos).
+fn icmp_in_echos(ns: &str) -> u64 {
+    let snmp = String::from_utf8_lossy(&in_ns(ns, &["cat", "/proc/net/snmp"]).stdout).into_owned();
+    let icmp: Vec<Vec<&str>> = snmp.lines().filter(|l| l.starts_with("Icmp:")).map(|l| l.split_whitespace().collect()).collect();
+    let at = icmp[0].iter().position(|f| *f == "InEchos").unwrap_or_else(|| panic!("no InEchos: {snmp}"));
+    icmp[1][at].parse().unwrap_or_else(|e| panic!("InEchos: {e}"))
+}
+
+#[test]
+fn a_remote_pod_address_arriving_outside_the_tunnel_never_reaches_a_pod() {
+    let _serial = serial();
+    let mut m = Mesh::new(2, 1);
+    let (p1, p2) = (m.node(1).pods[0].clone(), m.node(2).pods[0].clone());
+    let node_ns = m.node(1).ns.clone();
+    // rp_filter off, as on many Kubernetes nodes: routing does not stop a spoofed source then
+    for dev in ["all", "default", "eth0"] {
+        sysctl(&node_ns, &format!("net.ipv4.conf.{dev}.rp_filter=0"));
+    }
+    // A host on the underlay sends as a pod of node 2, straight to node 1's pod: no tunnel.
+    let host = m.underlay_host(99);
+    ip(&["-n", &host, "addr", "add", "10.244.2.99/32", "dev", "eth0"]);
+    ip(&["-n", &host, "route", "add", "10.244.1.0/24", "via", "192.168.77.1"]);
+    let spoof = || {
+        let before = icmp_in_echos(&p1.ns);
+        let _ = in_ns(&host, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.2.99", &p1.v4.to_string()]);
+        icmp_in_echos(&p1.ns) - before
+    };
+    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t));
+
+    // Without the guard's inbound chain (agent stopped, chain deleted) the spoof gets through:
+    // this is what the chain is for.
+    m.kill_agent(1);
+    assert!(in_ns(&node_ns, &["nft", "delete", "chain", "inet", "wgmesh", "prerouting"]).status.success());
+    assert_eq!(spoof(), 3, "the spoofed echoes should reach the pod when nothing stops them");
+
+    // The agent puts the chain back; now nothing spoofed reaches the pod, and it is counted.
+    let _ = std::fs::remove_file(&m.node(1).readiness);
+    m.start_agent(1);
+    m.wait_ready(1);
+    assert!(
+        wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_some_and(|t| t.contains("prerouting"))).is_some(),
+        "inbound chain not restored: {}",
+        m.log_tail(1)
+    );
+    let before = drops();
+    assert_eq!(spoof(), 0, "a spoofed remote-pod packet reached the pod past the guard");
+    assert!(drops() >= before + 3, "not counted: {:?}", guard_table(&node_ns));
+    // pods still reach each other through the tunnel, both ways
+    assert!(ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v4, 2, "2"), "mesh traffic past the guard");
+}
+
 /// `wg show IFACE WHAT` in node namespace `ns`, as lines of tab-separated fields.
 fn wg_show(ns: &str, ifname: &str, what: &str) -> Vec<Vec<String>> {
     let o = in_ns(ns, &["wg", "show", ifname, what]);

@@ -378,6 +378,21 @@ impl Mesh {
         m
     }
 
+    /// A host on the underlay bridge that is no node (say, an attacker) at 192.168.77.`octet`;
+    /// returns its namespace, removed with the mesh.
+    pub fn underlay_host(&mut self, octet: u8) -> String {
+        let ns = format!("wgmna-{}-{}-h{octet}", std::process::id(), self.id);
+        self.add_netns(&ns);
+        let ul = self.ul.clone();
+        let port = format!("h{octet}");
+        ip(&["-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"]);
+        sysctl(&ns, "net.ipv6.conf.eth0.disable_ipv6=1");
+        ip(&["-n", &ns, "addr", "add", &format!("192.168.77.{octet}/24"), "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ns
+    }
+
     fn add_netns(&mut self, name: &str) {
         ip(&["netns", "add", name]);
         self.netns.push(name.to_owned());
