@@ -608,7 +608,7 @@ impl Agent {
         }
         let script = crate::guard::ruleset(&self.cfg.interface, &self.cfg.cluster_cidrs, &self.local.pod_cidrs)?;
         let dropped = self.guard.sync(&script)?;
-        self.metrics.guard_drops.inc_by(dropped);
+        self.metrics.guard_dropped(dropped);
         Ok(())
     }
 

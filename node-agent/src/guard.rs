@@ -46,7 +46,9 @@ pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpC
         return Err(GuardError::BadInterface(interface.into()));
     }
     // loopback never touches the underlay (a tunnel address given by flag may lie outside the
-    // local pod CIDRs); in: before conntrack (-300), so a spoofed flood leaves no entries
+    // local pod CIDRs). In: on forward, i.e. after kube-proxy's DNAT, so a NodePort leads no
+    // spoofed packet to a pod; what is addressed to the node itself (input) is host traffic,
+    // which wgmesh does not carry
     let chain = |name: &str, hook: &str, priority: i32, dev: &str, addr: &str| {
         let mut rules = format!("\t\t{dev} \"{interface}\" accept\n\t\t{dev} \"lo\" accept\n");
         for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
@@ -63,7 +65,7 @@ pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpC
         format!("\tchain {name} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;\n{rules}\t}}\n")
     };
     let out = chain("postrouting", "postrouting", 0, "oifname", "daddr");
-    let inbound = chain("prerouting", "prerouting", -300, "iifname", "saddr");
+    let inbound = chain("forward", "forward", 0, "iifname", "saddr");
     // `add` then `delete` then the table: the delete never fails and nothing is half-replaced
     Ok(format!("add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{out}{inbound}}}\n"))
 }
@@ -82,13 +84,40 @@ fn outermost(cidrs: &[IpCidr], family: Family) -> Vec<String> {
     out.iter().map(|c| c.to_string()).collect()
 }
 
-/// Packets the guard dropped, summed over its counters in an `nft list` output.
-pub fn dropped(listing: &str) -> u64 {
-    listing
-        .split("counter packets ")
-        .skip(1)
-        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+/// Packets the guard dropped, by direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// To a remote pod, about to leave outside the tunnel (is the policy rule gone?).
+    pub leaving: u64,
+    /// From a remote-pod address, arrived outside the tunnel (plaintext, spoofed, or a primary
+    /// CNI datapath that bypasses the mesh).
+    pub arriving: u64,
+}
+
+impl Drops {
+    fn since(self, earlier: Drops) -> Drops {
+        Drops { leaving: self.leaving.saturating_sub(earlier.leaving), arriving: self.arriving.saturating_sub(earlier.arriving) }
+    }
+}
+
+/// The guard's counters in an `nft list` output, summed per chain.
+pub fn dropped(listing: &str) -> Drops {
+    let mut d = Drops::default();
+    let mut inbound = false;
+    for line in listing.lines() {
+        let t = line.trim_start();
+        if let Some(name) = t.strip_prefix("chain ") {
+            inbound = name.starts_with("forward");
+        }
+        if let Some(n) = t.split("counter packets ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()) {
+            if inbound {
+                d.arriving += n;
+            } else {
+                d.leaving += n;
+            }
+        }
+    }
+    d
 }
 
 /// The listing without counter values, which change with traffic.
@@ -112,35 +141,41 @@ pub struct Guard {
     /// The script last applied and the table's shape right after.
     applied: Option<(String, String)>,
     checked: Option<Instant>,
-    drops: u64,
+    drops: Drops,
 }
 
 impl Guard {
     pub fn new(nft: PathBuf) -> Self {
-        Guard { nft, applied: None, checked: None, drops: 0 }
+        Guard { nft, applied: None, checked: None, drops: Drops::default() }
     }
 
     /// Puts `script` in place unless the kernel holds it already (checked at most every
     /// [`CHECK_EVERY`] while unchanged). Returns the packets dropped since the last call.
-    pub fn sync(&mut self, script: &str) -> Result<u64, GuardError> {
+    pub fn sync(&mut self, script: &str) -> Result<Drops, GuardError> {
         let same = self.applied.as_ref().is_some_and(|(s, _)| s == script);
         if same && self.checked.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
-            return Ok(0);
+            return Ok(Drops::default());
         }
         let have = self.list()?;
         let intact = same && have.as_ref().zip(self.applied.as_ref()).is_some_and(|(h, (_, then))| shape(h) == *then);
         // counted whatever table is there: ours, or one an earlier agent left (its drops
         // happened while no agent ran)
-        let new = have.as_deref().map_or(0, dropped).saturating_sub(self.drops);
-        if new > 0 {
+        let new = have.as_deref().map(dropped).unwrap_or_default().since(self.drops);
+        if new.leaving > 0 {
             tracing::warn!(
-                dropped = new,
-                "the underlay guard dropped remote-pod packets outside the tunnel (leaving: was the policy rule gone? arriving: plaintext or spoofed)"
+                dropped = new.leaving,
+                "the underlay guard dropped packets to remote pods that were about to leave outside the tunnel (was the policy rule gone?)"
+            );
+        }
+        if new.arriving > 0 {
+            tracing::warn!(
+                dropped = new.arriving,
+                "the underlay guard dropped packets from remote-pod addresses that arrived outside the tunnel (plaintext, spoofed, or a primary CNI datapath that bypasses the mesh)"
             );
         }
         if intact {
             // the kernel's count, which `nft reset counters` may have lowered
-            self.drops = have.as_deref().map_or(0, dropped);
+            self.drops = have.as_deref().map(dropped).unwrap_or_default();
         } else {
             if same {
                 tracing::warn!(table = TABLE, "the guard table was removed or changed by someone else; putting it back");
@@ -151,7 +186,7 @@ impl Guard {
                 tracing::info!(table = TABLE, "underlay guard in place: remote-pod packets leave and arrive only through the tunnel");
             }
             // the new table's counters start at zero
-            self.drops = 0;
+            self.drops = Drops::default();
             self.applied = Some((script.to_string(), shape(&now)));
         }
         self.checked = Some(Instant::now());
@@ -235,8 +270,8 @@ mod tests {
                 "ip daddr { 10.244.0.0/16 } counter drop",
                 "ip6 daddr { fd00:244:0:1::/64 } accept",
                 "ip6 daddr { fd00:244::/56 } counter drop",
-                // in: remote pods only through the tunnel, before conntrack
-                "type filter hook prerouting priority -300; policy accept;",
+                // in: remote pods only through the tunnel, after DNAT
+                "type filter hook forward priority 0; policy accept;",
                 "iifname \"wgmesh0\" accept",
                 "iifname \"lo\" accept",
                 "ip saddr { 10.244.1.0/24 } accept",
@@ -271,9 +306,9 @@ mod tests {
 
     #[test]
     fn counters_are_summed_and_left_out_of_the_shape() {
-        let listing = "table inet wgmesh {\n\tchain postrouting {\n\t\tip daddr { 10.244.0.0/16 } counter packets 3 bytes 252 drop\n\t\tip6 daddr { fd00::/56 } counter packets 2 bytes 208 drop\n\t}\n}\n";
-        assert_eq!(dropped(listing), 5);
-        let quiet = listing.replace("packets 3 bytes 252", "packets 0 bytes 0").replace("packets 2 bytes 208", "packets 0 bytes 0");
+        let listing = "table inet wgmesh {\n\tchain postrouting {\n\t\tip daddr { 10.244.0.0/16 } counter packets 3 bytes 252 drop\n\t\tip6 daddr { fd00::/56 } counter packets 2 bytes 208 drop\n\t}\n\tchain forward {\n\t\tip saddr 10.244.0.0/16 counter packets 7 bytes 588 drop\n\t}\n}\n";
+        assert_eq!(dropped(listing), Drops { leaving: 5, arriving: 7 });
+        let quiet = listing.replace("packets 3 bytes 252", "packets 0 bytes 0").replace("packets 2 bytes 208", "packets 0 bytes 0").replace("packets 7 bytes 588", "packets 0 bytes 0");
         assert_eq!(shape(listing), shape(&quiet));
         assert!(shape(listing).contains("ip daddr { 10.244.0.0/16 } counter drop"), "{}", shape(listing));
         assert_ne!(shape(listing), shape(&listing.replace("10.244.0.0/16", "10.245.0.0/16")));

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub reconcile_errors: Counter,
     pub engine_starts: Counter,
-    pub guard_drops: Counter,
+    guard_drops: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,7 +38,7 @@ impl Default for Metrics {
         let ready = Gauge::default();
         let reconcile_errors = Counter::default();
         let engine_starts = Counter::default();
-        let guard_drops = Counter::default();
+        let guard_drops = Family::<Labels, Counter>::default();
         registry.register(
             "wireguard_latest_handshake_seconds",
             "Unix time of the latest handshake with the peer (0: never)",
@@ -76,7 +76,7 @@ impl Default for Metrics {
         );
         registry.register(
             "wgmesh_agent_guard_drops",
-            "Remote-pod packets the underlay guard dropped because they were leaving or arriving outside the tunnel",
+            "Packets the underlay guard dropped: to remote pods leaving outside the tunnel (direction=leaving), from remote-pod addresses arriving outside it (direction=arriving)",
             guard_drops.clone(),
         );
         Metrics {
@@ -94,6 +94,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the underlay guard's new drops, by direction.
+    pub fn guard_dropped(&self, d: crate::guard::Drops) {
+        for (direction, n) in [("leaving", d.leaving), ("arriving", d.arriving)] {
+            self.guard_drops.get_or_create(&vec![("direction".to_string(), direction.to_string())]).inc_by(n);
+        }
+    }
+
     /// Replaces the per-peer series with what the engine reports now.
     pub fn observe(&self, hostname: &str, own: &PublicKey, dev: &DeviceState) {
         self.handshake.clear();

@@ -460,7 +460,7 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
     let _serial = serial();
     let (mut m, cap, p1, p2) = two_nodes_up();
     let node_ns = m.node(1).ns.clone();
-    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t));
+    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t).leaving);
     assert!(guard_table(&node_ns).is_some_and(|t| t.contains("oifname")), "no underlay guard");
     assert_eq!(drops(), 0, "the guard dropped traffic of a working mesh");
     // Removed by someone else while the agent runs: back within about a second.
@@ -489,7 +489,7 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
         m.log_tail(1)
     );
     let log = std::fs::read_to_string(&m.node(1).log).unwrap_or_default();
-    assert!(log.contains("underlay guard dropped"), "the drops were not reported: {}", m.log_tail(1));
+    assert!(log.contains("underlay guard dropped packets to remote pods"), "the drops were not reported: {}", m.log_tail(1));
     // Turned off on a host without nft: the agent is ready all the same (the table it cannot
     // see stays); with nft it removes the table it finds.
     m.kill_agent(1);
@@ -533,12 +533,13 @@ fn a_remote_pod_address_arriving_outside_the_tunnel_never_reaches_a_pod() {
         let _ = in_ns(&host, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.2.99", &p1.v4.to_string()]);
         icmp_in_echos(&p1.ns) - before
     };
-    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t));
+    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t).arriving);
 
     // Without the guard's inbound chain (agent stopped, chain deleted) the spoof gets through:
+    // (a NodePort would lead it to a pod the same way; the chain sits after kube-proxy's DNAT)
     // this is what the chain is for.
     m.kill_agent(1);
-    assert!(in_ns(&node_ns, &["nft", "delete", "chain", "inet", "wgmesh", "prerouting"]).status.success());
+    assert!(in_ns(&node_ns, &["nft", "delete", "chain", "inet", "wgmesh", "forward"]).status.success());
     assert_eq!(spoof(), 3, "the spoofed echoes should reach the pod when nothing stops them");
 
     // The agent puts the chain back; now nothing spoofed reaches the pod, and it is counted.
@@ -546,7 +547,7 @@ fn a_remote_pod_address_arriving_outside_the_tunnel_never_reaches_a_pod() {
     m.start_agent(1);
     m.wait_ready(1);
     assert!(
-        wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_some_and(|t| t.contains("prerouting"))).is_some(),
+        wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_some_and(|t| t.contains("chain forward"))).is_some(),
         "inbound chain not restored: {}",
         m.log_tail(1)
     );
