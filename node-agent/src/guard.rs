@@ -1,12 +1,14 @@
 //! The underlay guard: an nftables table that drops every packet to the cluster's pod network
-//! that would leave through any interface but the tunnel, and every packet from a remote pod
-//! that arrives through any interface but the tunnel (plaintext from a node that bypassed
-//! WireGuard, or spoofed on the underlay: rp_filter is often loose or off on Kubernetes
-//! nodes, and such a packet would reach the pod unauthenticated). Routing already sends such packets
-//! into the tunnel or to `unreachable` (`routes.rs`); the guard holds when that routing is gone,
-//! say a policy rule flushed by another program (systemd-networkd's default
-//! `ManageForeignRoutingPolicyRules=yes` removes rules it did not make) while no agent runs to
-//! put it back. Then the primary CNI's routes in `main` would carry pod packets in plaintext.
+//! that would leave through any interface but the tunnel, and every packet from a remote-pod
+//! address that arrives through any interface but the tunnel to be forwarded (plaintext from a
+//! node that bypassed WireGuard, or spoofed on the underlay: rp_filter is often loose or off
+//! on Kubernetes nodes, and such a packet would reach a pod unauthenticated).
+//!
+//! Routing already sends outgoing pod packets into the tunnel or to `unreachable`
+//! (`routes.rs`); the guard holds when that routing is gone, say a policy rule flushed by
+//! another program (systemd-networkd's default `ManageForeignRoutingPolicyRules=yes` removes
+//! rules it did not make) while no agent runs to put it back. Then the primary CNI's routes in
+//! `main` would carry pod packets in plaintext.
 //!
 //! `ruleset` is pure; `Guard` applies it with the `nft` tool (nftables' own parser, one
 //! transaction per script) and checks once a second that the kernel still holds it.
