@@ -37,7 +37,8 @@ pub struct AgentConfig {
     /// Overrides the local node's tunnel addresses from the source.
     pub tunnel_addresses: Vec<IpAddr>,
     pub fail_closed: bool,
-    /// With `fail_closed`: the nftables table that drops pod-network packets leaving outside the tunnel.
+    /// With `fail_closed`: the nftables table that drops remote-pod packets leaving or arriving
+    /// (forwarded) outside the tunnel.
     pub nft_guard: bool,
     pub readiness_path: PathBuf,
     pub engine_binary: PathBuf,

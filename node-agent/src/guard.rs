@@ -224,7 +224,7 @@ impl Guard {
             .spawn()
             .map_err(spawn_err)?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+            pipe.write_all(text.as_bytes()).map_err(|e| GuardError::Nft(what, format!("writing the script: {e}")))?;
         }
         // a hung nft must not hold up the agent's loop (routes, rule, readiness)
         let deadline = Instant::now() + NFT_TIMEOUT;

@@ -490,6 +490,28 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
     );
     let log = std::fs::read_to_string(&m.node(1).log).unwrap_or_default();
     assert!(log.contains("underlay guard dropped packets to remote pods"), "the drops were not reported: {}", m.log_tail(1));
+    // the capture fails on an ARP request for a pod address: what a leak looks like here
+    only_wireguard(&mut m, cap);
+
+    // Without the guard's outbound chain the same steps route the ping onto the underlay,
+    // and a capture of that sees it: this is what the chain is for.
+    m.kill_agent(1);
+    for fam in ["-4", "-6"] {
+        ip(&["-n", &node_ns, fam, "rule", "del", "priority", "100"]);
+    }
+    let bare = m.capture();
+    assert!(in_ns(&node_ns, &["nft", "delete", "chain", "inet", "wgmesh", "postrouting"]).status.success());
+    assert!(!ping(&p1.ns, p2.v4, 2, "1"));
+    let leak = m.stop_capture(bare);
+    assert!(
+        leak.other_ip.iter().any(|p| p.starts_with(&format!("ARP for {}", p2.v4))),
+        "no leak seen without the guard: {leak:?}"
+    );
+    // the kernel would go on asking for that address for a few seconds
+    ip(&["-n", &node_ns, "neigh", "flush", "dev", "eth0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let cap = m.capture();
+
     // Turned off on a host without nft: the agent is ready all the same (the table it cannot
     // see stays); with nft it removes the table it finds.
     m.kill_agent(1);
@@ -502,7 +524,6 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
     m.start_agent_with(1, &["--no-nft-guard"]);
     m.wait_ready(1);
     assert!(wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_none()).is_some(), "guard left with --no-nft-guard");
-    // the capture fails on an ARP request for a pod address: what a leak looks like here
     only_wireguard(&mut m, cap);
 }
 
