@@ -175,4 +175,14 @@ mod tests {
         );
         assert!(!m.encode().contains("wireguard_bytes_sent{"));
     }
+
+    #[test]
+    fn guard_drops_add_up_per_direction() {
+        let m = Metrics::default();
+        m.guard_dropped(crate::guard::Drops { leaving: 3, arriving: 0 });
+        m.guard_dropped(crate::guard::Drops { leaving: 2, arriving: 7 });
+        let out = m.encode();
+        assert!(out.contains("wgmesh_agent_guard_drops_total{direction=\"leaving\"} 5"), "{out}");
+        assert!(out.contains("wgmesh_agent_guard_drops_total{direction=\"arriving\"} 7"), "{out}");
+    }
 }
