@@ -596,7 +596,6 @@ impl Agent {
                 match self.guard.remove() {
                     Ok(true) => tracing::info!(table = crate::guard::TABLE, "underlay guard removed (turned off by --no-nft-guard or --no-fail-closed)"),
                     Ok(false) => {}
-                    Err(GuardError::Spawn(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => tracing::warn!(error = %e, "cannot remove the underlay guard table"),
                 }
                 self.guard_off_done = true;

@@ -71,8 +71,6 @@ pub fn cleanup(p: &CleanupPlan) -> Vec<String> {
     match crate::guard::Guard::new("nft".into()).remove() {
         Ok(true) => tracing::info!(table = crate::guard::TABLE, "removed the underlay guard"),
         Ok(false) => {}
-        // no nft on this host: the agent never installed a guard here
-        Err(crate::guard::GuardError::Spawn(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => errors.push(e.to_string()),
     }
     let mut files = vec![p.readiness_path];

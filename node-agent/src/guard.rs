@@ -195,11 +195,15 @@ impl Guard {
         Ok(new)
     }
 
-    /// Removes the table; true if there was one.
+    /// Removes the table; true if there was one. Without `nft` on this host there is none:
+    /// the agent could never have written one.
     pub fn remove(&mut self) -> Result<bool, GuardError> {
         self.applied = None;
-        if self.list()?.is_none() {
-            return Ok(false);
+        match self.list() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            Err(GuardError::Spawn(_, e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
         }
         self.nft(&["delete", "table", "inet", TABLE], None, "delete")?;
         Ok(true)
@@ -304,6 +308,13 @@ mod tests {
         for bad in ["wg\"0", "wg\\0", "wg\n0", "wg*"] {
             assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn without_nft_there_is_no_table_to_remove_but_nothing_to_sync_either() {
+        let mut g = Guard::new("/nonexistent/nft".into());
+        assert!(matches!(g.remove(), Ok(false)));
+        assert!(matches!(g.sync("table inet wgmesh {}"), Err(GuardError::Spawn(..))));
     }
 
     #[test]
