@@ -162,7 +162,8 @@ impl Guard {
         let intact = same && have.as_ref().zip(self.applied.as_ref()).is_some_and(|(h, (_, then))| shape(h) == *then);
         // counted whatever table is there: ours, or one an earlier agent left (its drops
         // happened while no agent ran)
-        let new = have.as_deref().map(dropped).unwrap_or_default().since(self.drops);
+        let counted = have.as_deref().map(dropped).unwrap_or_default();
+        let new = counted.since(self.drops);
         if new.leaving > 0 {
             tracing::warn!(
                 dropped = new.leaving,
@@ -177,7 +178,7 @@ impl Guard {
         }
         if intact {
             // the kernel's count, which `nft reset counters` may have lowered
-            self.drops = have.as_deref().map(dropped).unwrap_or_default();
+            self.drops = counted;
         } else {
             if same {
                 tracing::warn!(table = TABLE, "the guard table was removed or changed by someone else; putting it back");
