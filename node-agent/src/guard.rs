@@ -215,6 +215,8 @@ impl Guard {
         match self.nft(&["list", "table", "inet", TABLE], None, "list") {
             Ok(out) => Ok(Some(out)),
             Err(GuardError::Nft(_, e)) if e.contains("No such file or directory") => Ok(None),
+            // A kernel without nfnetlink can hold no table, so there is none to list or remove.
+            Err(GuardError::Nft(_, e)) if e.contains("Protocol not supported") => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -316,6 +318,22 @@ mod tests {
         let mut g = Guard::new("/nonexistent/nft".into());
         assert!(matches!(g.remove(), Ok(false)));
         assert!(matches!(g.sync("table inet wgmesh {}"), Err(GuardError::Spawn(..))));
+    }
+
+    #[test]
+    fn a_kernel_without_nftables_has_no_table_to_remove_but_other_nft_failures_are_errors() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let fake = |name: &str, stderr: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\necho '{stderr}' >&2\nexit 1\n")).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            p
+        };
+        let none = fake("no-nfnetlink", "Error: Unable to open Netlink socket: Protocol not supported");
+        assert!(matches!(Guard::new(none).remove(), Ok(false)));
+        let denied = fake("denied", "Error: Could not process rule: Operation not permitted");
+        assert!(matches!(Guard::new(denied).remove(), Err(GuardError::Nft(..))));
     }
 
     #[test]

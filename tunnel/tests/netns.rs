@@ -340,6 +340,23 @@ fn a_keepalive_set_right_after_link_up_finds_the_socket_bound() {
 }
 
 #[test]
+fn a_random_port_is_reported_right_after_link_up() {
+    // The kernel binds at link-up, so `wg show` straight after `ip link set up` names the
+    // random port it chose; an engine that waited for its next link check would say 0.
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    let (ns, iface) = (&p.ns[0], &p.iface[0]);
+    ok(&["ip", "-n", ns, "link", "set", iface, "down"]);
+    p.lab.exec_ok(ns, &["wg", "set", iface, "listen-port", "0"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let out = sh(&format!("ip -n {ns} link set {iface} up && ip netns exec {ns} wg show {iface} listen-port"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert_ne!(port, 0, "no port reported right after link-up");
+    let bound = p.lab.exec_ok(ns, &["ss", "-Huln", &format!("sport = :{port}")]);
+    assert!(!bound.trim().is_empty(), "port {port} reported but nothing listens on it");
+}
+
+#[test]
 fn stealth_no_reply_to_junk_or_bad_mac1() {
     let p = pair(Impl::Ours, Impl::Ours, false);
     let cap = format!("/tmp/{}.pcap", p.lab.id);

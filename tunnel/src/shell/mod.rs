@@ -517,23 +517,23 @@ impl Engine {
 
     /// Follows the interface every tick until it is gone or the socket removed.
     fn monitor(&self) {
-        while !self.stopped() && self.follow_link() {
+        while !self.stopped() {
+            if let Err(why) = self.follow_link() {
+                tracing::info!(interface = %self.name, socket = %self.socket_path.display(), "{why}; exiting");
+                return;
+            }
             std::thread::sleep(TICK);
         }
     }
 
-    /// Up/down → bind/unbind; MTU → padding bound. False once the interface or socket is gone.
-    fn follow_link(&self) -> bool {
+    /// Up/down → bind/unbind; MTU → padding bound. Err once the interface or socket is gone.
+    fn follow_link(&self) -> Result<(), &'static str> {
         let (mut batch, mut out) = (Batch::default(), TunWriter::default());
         // Read under the lock: with two callers, a stale "down" must not undo a fresh "up".
         let mut st = self.lock();
-        let Some(flags) = link_flags(&self.name) else {
-            tracing::info!(interface = %self.name, "interface deleted; exiting");
-            return false;
-        };
+        let flags = link_flags(&self.name).ok_or("interface deleted")?;
         if !self.socket_path.exists() {
-            tracing::info!(path = %self.socket_path.display(), "UAPI socket removed; exiting");
-            return false;
+            return Err("UAPI socket removed");
         }
         let up = flags & libc::IFF_UP as u32 != 0;
         if let Ok(mtu) = self.tun.mtu() {
@@ -563,7 +563,7 @@ impl Engine {
         }
         drop(st);
         self.flush(&mut batch, &mut [], &mut out);
-        true
+        Ok(())
     }
 
     /// (Re)binds the sockets to the configured port; only while the link is up. `patient`
@@ -595,6 +595,8 @@ impl Engine {
 
     /// Serves one `get=1`.
     pub fn uapi_get(&self) -> String {
+        // As after a set: a link just set up reports the port the kernel would have bound.
+        let _ = self.follow_link();
         let st = self.lock();
         let port = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(st.listen_port, |b| b.port);
         uapi::get(&st.dev, port, st.fwmark)
@@ -611,7 +613,7 @@ impl Engine {
         };
         // A link just set up is up before the next tick: the kernel binds at link-up, so a
         // keepalive in this request (the agent's handshake kick) must find a socket.
-        self.follow_link();
+        let _ = self.follow_link();
         let mut batch = Batch::default();
         let clock = now();
         let mut st = self.lock();
