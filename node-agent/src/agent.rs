@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wgmesh_api::constants::MTU_OVERHEAD;
 use wgmesh_api::{IpCidr, MeshConfig, PublicKey};
@@ -27,7 +27,7 @@ use crate::routes::{
 };
 use crate::source_file::{FileSource, SourceError};
 use crate::source_kube::{KubeError, KubeSource};
-use crate::uapi_client::UapiError;
+use crate::uapi_client::{DeviceState, UapiError};
 
 /// DNS endpoints are looked up again this often.
 const RESOLVE_EVERY: Duration = Duration::from_secs(60);
@@ -96,6 +96,23 @@ impl DesiredSource {
             k.set_public_key(key);
         }
     }
+
+    /// Handshakes for `status.latestHandshake`; the reporter decides which are worth a write.
+    fn report(&self, handshakes: Vec<(String, SystemTime)>) {
+        if let DesiredSource::Kube(k) = self {
+            if !handshakes.is_empty() {
+                k.report(handshakes);
+            }
+        }
+    }
+}
+
+/// (peer name, latest handshake) of every desired peer the engine has shaken hands with.
+pub fn handshakes(peers: &[EnginePeer], observed: &DeviceState) -> Vec<(String, SystemTime)> {
+    peers
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), observed.peers.get(&p.public_key)?.last_handshake?)))
+        .collect()
 }
 
 pub struct Agent {
@@ -454,6 +471,7 @@ impl Agent {
         let observed = client.get()?;
         self.metrics
             .observe(&self.cfg.node_name, &self.public_key, &observed);
+        self.source.report(handshakes(&self.peers, &observed));
         let desired = DesiredDevice {
             public_key: self.public_key,
             listen_port: self.cfg.listen_port,
@@ -694,5 +712,45 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uapi_client::PeerState;
+
+    fn peer(name: &str, key: u8) -> EnginePeer {
+        EnginePeer {
+            name: name.into(),
+            public_key: PublicKey::from_bytes([key; 32]),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: 0,
+            preshared_key: None,
+            keep_engine_psk: false,
+        }
+    }
+
+    #[test]
+    fn handshakes_are_reported_by_peer_name_only_for_desired_peers_that_had_one() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let state = |key: u8, hs: Option<SystemTime>| PeerState {
+            public_key: PublicKey::from_bytes([key; 32]),
+            preshared_key: None,
+            endpoint: None,
+            last_handshake: hs,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            persistent_keepalive: 0,
+            allowed_ips: Vec::new(),
+        };
+        let mut observed = DeviceState::default();
+        for (k, hs) in [(1, Some(at)), (2, None), (9, Some(at))] {
+            observed.peers.insert(PublicKey::from_bytes([k; 32]), state(k, hs));
+        }
+        // peer 2 never shook hands, peer 3 is not in the engine yet, key 9 is not desired
+        let desired = [peer("node-a", 1), peer("node-b", 2), peer("laptop", 3)];
+        assert_eq!(handshakes(&desired, &observed), vec![("node-a".to_owned(), at)]);
     }
 }
