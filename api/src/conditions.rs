@@ -23,6 +23,9 @@ pub enum Reason {
     AllowedIPsOverlap,
     /// An external peer claims addresses of the cluster's pod network.
     PodCIDROverlap,
+    /// An external peer's allowedIPs contain an address of a node (its own traffic, kubelet's
+    /// and the API server's, would enter the tunnel).
+    NodeAddressOverlap,
     /// The keepalive annotation of a node is not a number of seconds.
     InvalidKeepalive,
     /// `spec.nodeName` is set on a peer wgmesh-operator does not manage.
@@ -50,6 +53,7 @@ impl Reason {
             Reason::InvalidAllowedIPs => "InvalidAllowedIPs",
             Reason::AllowedIPsOverlap => "AllowedIPsOverlap",
             Reason::PodCIDROverlap => "PodCIDROverlap",
+            Reason::NodeAddressOverlap => "NodeAddressOverlap",
             Reason::InvalidKeepalive => "InvalidKeepalive",
             Reason::NotManaged => "NotManaged",
             Reason::NameReserved => "NameReserved",

@@ -40,6 +40,14 @@ impl Endpoint {
             port,
         }
     }
+
+    /// The address, when the host is one rather than a DNS name.
+    pub fn literal_ip(&self) -> Option<IpAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(ip),
+            Host::Dns(_) => None,
+        }
+    }
 }
 
 fn parse_port(s: &str) -> Result<u16, EndpointError> {

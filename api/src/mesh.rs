@@ -152,6 +152,8 @@ enum Owner {
     Member(usize),
     /// A node's pod CIDR, by index into the node-name list.
     PodCidr(usize),
+    /// An address of a node (host prefix), by index into the node-name list.
+    NodeAddress(usize),
     /// The configured cluster pod network.
     Cluster,
 }
@@ -226,10 +228,11 @@ impl Mesh {
 
         for node in nodes {
             let facts = node_facts(node);
-            if !facts.pod_cidrs.is_empty() {
+            if !facts.pod_cidrs.is_empty() || !facts.addresses.is_empty() {
                 let idx = node_names.len();
                 node_names.push(facts.name.clone());
                 reserved_cidrs.extend(facts.pod_cidrs.iter().map(|c| (*c, Owner::PodCidr(idx))));
+                reserved_cidrs.extend(facts.addresses.iter().map(|a| (IpCidr::host(*a), Owner::NodeAddress(idx))));
             }
             if let Some(k) = facts.local_keepalive {
                 local_keepalive.insert(facts.name.clone(), k);
@@ -289,7 +292,8 @@ impl Mesh {
         let owner_rank = |o: &Owner| match o {
             Owner::Cluster => (0, ""),
             Owner::PodCidr(i) => (1, node_names.get(*i).map_or("", String::as_str)),
-            Owner::Member(_) => (2, ""),
+            Owner::NodeAddress(i) => (2, node_names.get(*i).map_or("", String::as_str)),
+            Owner::Member(_) => (3, ""),
         };
         reserved_cidrs.sort_by(|(a, oa), (b, ob)| {
             (a.prefix(), *a)
@@ -478,6 +482,11 @@ impl OwnerNames<'_> {
                 "pod CIDR {other} of node {}",
                 self.nodes.get(i).map_or("?", String::as_str)
             ),
+            Owner::NodeAddress(i) => format!(
+                "{}, an address of node {} (its own traffic would enter the tunnel)",
+                other.addr(),
+                self.nodes.get(i).map_or("?", String::as_str)
+            ),
             Owner::Cluster => format!("the cluster pod network {other}"),
         }
     }
@@ -514,8 +523,12 @@ fn check_conflicts(
     for c in &m.allowed_ips {
         if is_external {
             if let Some((other, owner)) = reserved.find(c) {
+                let reason = match owner {
+                    Owner::NodeAddress(_) => Reason::NodeAddressOverlap,
+                    _ => Reason::PodCIDROverlap,
+                };
                 return Err(Problem::new(
-                    Reason::PodCIDROverlap,
+                    reason,
                     format!("allowed IP {c} overlaps {}", names.describe(owner, other)),
                 ));
             }

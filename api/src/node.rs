@@ -52,6 +52,9 @@ pub struct NodeFacts {
     pub pod_cidrs: Vec<IpCidr>,
     /// One tunnel address per family at most.
     pub tunnel_addresses: Vec<IpAddr>,
+    /// Every address the node has (`status.addresses` and a literal endpoint), sorted: an
+    /// external peer routing any of them would pull the node's own traffic into the tunnel.
+    pub addresses: Vec<IpAddr>,
     /// Keepalive this node applies to all its peers (it sits behind NAT).
     pub local_keepalive: Option<u16>,
     /// First problem found in the node's annotations or addresses.
@@ -105,6 +108,17 @@ pub fn node_facts(node: &Node) -> NodeFacts {
     let pod_cidrs = pod_cidrs(node, &mut problems);
     let tunnel_addresses = tunnel_addresses(node, &pod_cidrs, &mut problems);
     let endpoint = endpoint(node, &mut problems);
+    let mut addresses: Vec<IpAddr> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| parse_ip(&a.address).ok())
+        .chain(endpoint.as_ref().and_then(Endpoint::literal_ip))
+        .collect();
+    addresses.sort();
+    addresses.dedup();
 
     let local_keepalive = match annotation(node, annotations::PERSISTENT_KEEPALIVE) {
         None | Some("") => None,
@@ -131,6 +145,7 @@ pub fn node_facts(node: &Node) -> NodeFacts {
         endpoint,
         pod_cidrs,
         tunnel_addresses,
+        addresses,
         local_keepalive,
         problem: problems.into_iter().next(),
     }

@@ -353,6 +353,35 @@ fn cluster_cidr_is_reserved_for_nodes() {
 }
 
 #[test]
+fn an_external_peer_routing_a_node_address_is_refused_so_node_traffic_never_enters_the_tunnel() {
+    // a home LAN 192.168.0.0/16 while the nodes sit in 192.168.0.0/24: kubelet and API server
+    // traffic would follow the peer's routes (table 51820 comes before main)
+    let nodes = two_nodes();
+    let lan = external("home-lan", &key(100), None, &["192.168.0.0/16"], 1);
+    let host = external("one-host", &key(101), None, &["192.168.0.2/32"], 2);
+    let beside = external("beside", &key(102), None, &["192.168.7.0/24"], 3);
+    let mesh = Mesh::build(&nodes, [&lan, &host, &beside], &MeshConfig::default());
+    assert_eq!(verdict(&mesh, "home-lan"), Some(Reason::NodeAddressOverlap));
+    assert_eq!(verdict(&mesh, "one-host"), Some(Reason::NodeAddressOverlap));
+    assert_eq!(verdict(&mesh, "beside"), None);
+    let msg = mesh.member("one-host").and_then(|m| m.verdict.clone().err()).map(|p| p.message).unwrap_or_default();
+    assert!(msg.contains("192.168.0.2") && msg.contains("node b"), "{msg}");
+    // the refused peers reach no node; the nodes still reach each other
+    assert_eq!(names(&mesh.peers_for_node("a")), vec!["beside", "node-b"]);
+    // an endpoint annotation's address counts too, and a node joining later wins over the peer
+    let c = annotate(
+        node("c", Some(&key(3)), "192.168.0.3", &["10.244.2.0/24"]),
+        annotations::ENDPOINT,
+        "172.31.5.9:51820",
+    );
+    let far = external("far", &key(103), None, &["172.31.0.0/16"], 4);
+    let with_c: Vec<_> = two_nodes().into_iter().chain([c]).collect();
+    let m2 = Mesh::build(&with_c, [&far], &MeshConfig::default());
+    assert_eq!(verdict(&m2, "far"), Some(Reason::NodeAddressOverlap));
+    assert_eq!(verdict(&Mesh::build(&nodes, [&far], &MeshConfig::default()), "far"), None);
+}
+
+#[test]
 fn node_problems_exclude_the_node_and_are_reported() {
     let nodes = vec![
         node("a", Some(&key(1)), "192.168.0.1", &["10.244.0.0/24"]),
