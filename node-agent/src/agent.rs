@@ -130,6 +130,8 @@ pub struct Agent {
     source: DesiredSource,
     input: Option<MeshInput>,
     peers: Vec<EnginePeer>,
+    /// Every prefix of a desired peer, configured or left out: fail-closed drops cover them.
+    desired_prefixes: Vec<IpCidr>,
     local: LocalNode,
     applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
     kicked: BTreeMap<PublicKey, Instant>,
@@ -186,6 +188,7 @@ impl Agent {
             source,
             input: None,
             peers: Vec::new(),
+            desired_prefixes: Vec::new(),
             local: LocalNode::default(),
             applied_endpoints: BTreeMap::new(),
             kicked: BTreeMap::new(),
@@ -391,6 +394,7 @@ impl Agent {
             tracing::info!(peers = ?names, pod_cidrs = ?local.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "desired state changed");
         }
         self.peers = peers;
+        self.desired_prefixes = desired.iter().flat_map(|d| d.allowed_ips.iter().copied()).collect();
         self.local = local;
         self.resolved_at = Some(Instant::now());
         Ok(())
@@ -567,6 +571,7 @@ impl Agent {
                 .iter()
                 .flat_map(|p| p.allowed_ips.iter().copied())
                 .collect(),
+            desired_prefixes: self.desired_prefixes.clone(),
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
             local_pod_cidrs: self.local.pod_cidrs.clone(),
             fail_closed: self.cfg.fail_closed,

@@ -449,6 +449,44 @@ fn a_deleted_rule_comes_back_while_another_route_keeps_failing() {
     only_wireguard(&mut m, cap);
 }
 
+#[test]
+fn an_external_peers_network_stays_off_the_underlay_while_the_engine_is_gone() {
+    // Node 1 as the two DaemonSets run it (engine and agent apart). An office network reached
+    // through an external peer is also routed by node 1's `main`, across the underlay: while
+    // the engine's pod is replaced, pod traffic to that network must be dropped, not sent there.
+    let _serial = serial();
+    let mut m = Mesh::new(2, 1);
+    let cap = m.capture();
+    let (node_ns, ifname, p1) = (m.node(1).ns.clone(), m.node(1).ifname.clone(), m.node(1).pods[0].clone());
+    m.underlay_host(50);
+    ip(&["-n", &node_ns, "route", "add", "10.99.0.0/24", "via", "192.168.77.50"]);
+    let doc = "apiVersion: wgmesh.io/v1alpha1\nkind: WireGuardPeer\nmetadata:\n  name: office\nspec:\n  publicKey: \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n  endpoint: \"192.168.77.50:51820\"\n  allowedIPs: [\"10.99.0.0/24\"]\n";
+    std::fs::write(m.peer_dir().join("office.yaml"), doc).unwrap_or_else(|e| panic!("{e}"));
+    m.kill_agent(1);
+    for pid in engine_pids(&ifname) {
+        // SAFETY: kill(2) on the engine this test's agent started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(wait_for(Duration::from_secs(5), || engine_pids(&ifname).is_empty()).is_some(), "engine still running");
+    let engine = m.start_engine(1);
+    m.start_agent_with(1, &["--engine", "attach"]);
+    m.wait_ready(1);
+    // `ip route` prints "10.99.0.0/24 dev wgm..." and "unreachable 10.99.0.0/24 ..."
+    let office = |start: &str| {
+        ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE]).lines().any(|l| l.starts_with(start))
+    };
+    assert!(wait_for(Duration::from_secs(5), || office("10.99.0.0/24 dev wgm")).is_some(), "office not routed into the tunnel: {}", m.log_tail(1));
+
+    m.stop_child(engine);
+    assert!(
+        wait_for(Duration::from_secs(5), || office("unreachable 10.99.0.0/24")).is_some(),
+        "no drop for the office network without an engine: {}",
+        ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE])
+    );
+    assert!(!ping(&p1.ns, "10.99.0.5".parse().unwrap_or_else(|e| panic!("{e}")), 2, "1"));
+    only_wireguard(&mut m, cap);
+}
+
 /// The agent's nftables table in node namespace `ns`, as `nft list` prints it.
 fn guard_table(ns: &str) -> Option<String> {
     let o = in_ns(ns, &["nft", "list", "table", "inet", "wgmesh"]);
