@@ -449,6 +449,22 @@ fn a_deleted_rule_comes_back_while_another_route_keeps_failing() {
     only_wireguard(&mut m, cap);
 }
 
+/// Node `n` as the two DaemonSets run it: its engine a process of its own, the agent attached
+/// to it. Returns the engine's child index.
+fn run_apart(m: &mut Mesh, n: u32) -> usize {
+    let ifname = m.node(n).ifname.clone();
+    m.kill_agent(n);
+    for pid in engine_pids(&ifname) {
+        // SAFETY: kill(2) on the engine this test's agent started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(wait_for(Duration::from_secs(5), || engine_pids(&ifname).is_empty()).is_some(), "engine still running");
+    let engine = m.start_engine(n);
+    m.start_agent_with(n, &["--engine", "attach"]);
+    m.wait_ready(n);
+    engine
+}
+
 #[test]
 fn an_external_peers_network_stays_off_the_underlay_while_the_engine_is_gone() {
     // Node 1 as the two DaemonSets run it (engine and agent apart). An office network reached
@@ -457,20 +473,12 @@ fn an_external_peers_network_stays_off_the_underlay_while_the_engine_is_gone() {
     let _serial = serial();
     let mut m = Mesh::new(2, 1);
     let cap = m.capture();
-    let (node_ns, ifname, p1) = (m.node(1).ns.clone(), m.node(1).ifname.clone(), m.node(1).pods[0].clone());
+    let (node_ns, p1) = (m.node(1).ns.clone(), m.node(1).pods[0].clone());
     m.underlay_host(50);
     ip(&["-n", &node_ns, "route", "add", "10.99.0.0/24", "via", "192.168.77.50"]);
     let doc = "apiVersion: wgmesh.io/v1alpha1\nkind: WireGuardPeer\nmetadata:\n  name: office\nspec:\n  publicKey: \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n  endpoint: \"192.168.77.50:51820\"\n  allowedIPs: [\"10.99.0.0/24\"]\n";
     std::fs::write(m.peer_dir().join("office.yaml"), doc).unwrap_or_else(|e| panic!("{e}"));
-    m.kill_agent(1);
-    for pid in engine_pids(&ifname) {
-        // SAFETY: kill(2) on the engine this test's agent started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    assert!(wait_for(Duration::from_secs(5), || engine_pids(&ifname).is_empty()).is_some(), "engine still running");
-    let engine = m.start_engine(1);
-    m.start_agent_with(1, &["--engine", "attach"]);
-    m.wait_ready(1);
+    let engine = run_apart(&mut m, 1);
     // `ip route` prints "10.99.0.0/24 dev wgm..." and "unreachable 10.99.0.0/24 ..."
     let office = |start: &str| {
         ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE]).lines().any(|l| l.starts_with(start))
@@ -874,17 +882,8 @@ fn an_attached_agent_configures_each_new_engine_and_nothing_leaks_in_between() {
     let _serial = serial();
     let mut m = Mesh::new(2, 1);
     let cap = m.capture();
-    let ifname = m.node(1).ifname.clone();
     let (p1, p2) = (m.node(1).pods[0].clone(), m.node(2).pods[0].clone());
-    m.kill_agent(1);
-    for pid in engine_pids(&ifname) {
-        // SAFETY: kill(2) on the engine this test's agent started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    assert!(wait_for(Duration::from_secs(5), || engine_pids(&ifname).is_empty()).is_some(), "engine still running");
-    let engine = m.start_engine(1);
-    m.start_agent_with(1, &["--engine", "attach"]);
-    m.wait_ready(1);
+    let engine = run_apart(&mut m, 1);
     let pings = || wait_for(Duration::from_secs(10), || ping(&p1.ns, p2.v4, 1, "1")).is_some();
     assert!(pings(), "attached: {}", m.log_tail(1));
 
