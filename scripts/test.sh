@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 
+echo "== wgmesh-cni as a host runs it: statically linked, in an empty root (no libc at all)"
+cni="$(scripts/cni-static.sh)"
+root="$(mktemp -d)"
+cp "$cni" "$root/wgmesh-cni"
+version="$(CNI_COMMAND=VERSION chroot "$root" /wgmesh-cni </dev/null)" || version="(did not run)"
+rm -rf "$root"
+if ! grep -q '"supportedVersions"' <<<"$version"; then
+  echo "the static wgmesh-cni does not run on its own: $version" >&2
+  exit 1
+fi
+echo "$version"
+
 fuzz_seconds="${FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" != 0 ]; then
   echo "== fuzz smoke (${fuzz_seconds}s per target)"
