@@ -328,6 +328,13 @@ mod tests {
             let p = d.path().join(name);
             std::fs::write(&p, format!("#!/bin/sh\necho '{stderr}' >&2\nexit 1\n")).expect("write");
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            // a test thread forking meanwhile may still hold the write end: exec says ETXTBSY
+            for _ in 0..100 {
+                match Command::new(&p).stderr(Stdio::null()).status() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
             p
         };
         let none = fake("no-nfnetlink", "Error: Unable to open Netlink socket: Protocol not supported");

@@ -28,6 +28,80 @@ pub enum KeyError {
     Malformed(PathBuf),
 }
 
+/// A 32-byte secret as lowercase hex, on the stack and wiped on drop (`hex::encode` collects
+/// into a growing String and frees unwiped copies on the way).
+pub struct SecretHex(Zeroizing<[u8; 64]>);
+
+impl SecretHex {
+    pub fn as_str(&self) -> &str {
+        // encode_to_slice wrote only ASCII hex digits
+        std::str::from_utf8(&self.0[..]).unwrap_or_default()
+    }
+}
+
+pub fn secret_hex(bytes: &[u8; 32]) -> SecretHex {
+    let mut out = Zeroizing::new([0u8; 64]);
+    // 64 bytes of room for 32 bytes: the only error (a wrong length) cannot happen
+    let _ = hex::encode_to_slice(bytes, &mut out[..]);
+    SecretHex(out)
+}
+
+/// Bytes that may hold key material (UAPI requests and replies). Grows by moving into a larger
+/// buffer and wiping the old one: a `Zeroizing<String>` wipes only its last buffer, and each
+/// growth before that leaves an unwiped copy in freed memory.
+#[derive(Default)]
+pub struct SecretText(Zeroizing<Vec<u8>>);
+
+impl SecretText {
+    pub fn with_capacity(n: usize) -> Self {
+        SecretText(Zeroizing::new(Vec::with_capacity(n)))
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.0.capacity() - self.0.len() < bytes.len() {
+            let want = (self.0.len() + bytes.len()).max(2 * self.0.capacity()).max(256);
+            let mut bigger = Zeroizing::new(Vec::with_capacity(want));
+            bigger.extend_from_slice(&self.0);
+            // the old buffer, now in `bigger`, is wiped when it drops here
+            std::mem::swap(&mut self.0, &mut bigger);
+        }
+        self.0.extend_from_slice(bytes);
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        // truncate leaves the cut bytes in spare capacity, which the final wipe covers
+        self.0.truncate(len);
+    }
+
+    /// The text, moved out without a copy; `None` (and wiped) if it is not UTF-8.
+    pub fn into_string(mut self) -> Option<Zeroizing<String>> {
+        match String::from_utf8(std::mem::take(&mut *self.0)) {
+            Ok(s) => Some(Zeroizing::new(s)),
+            Err(e) => {
+                e.into_bytes().zeroize();
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Write for SecretText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretText(<{} bytes redacted>)", self.0.len())
+    }
+}
+
 /// A Curve25519 private key, clamped as `wg genkey` prints it; zeroed on drop, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey(Zeroizing<[u8; 32]>);
@@ -72,7 +146,7 @@ impl PrivateKey {
 
     /// Lowercase hex for the UAPI `private_key=` line.
     pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(&self.0[..]))
+        Zeroizing::new(secret_hex(&self.0).as_str().to_owned())
     }
 
     /// Base64 text for the key file.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use wgmesh_api::{IpCidr, PublicKey};
 use zeroize::Zeroizing;
 
-use crate::key::PrivateKey;
+use crate::key::{secret_hex, PrivateKey, SecretText};
 use crate::resolve::EnginePeer;
 use crate::uapi_client::{DeviceState, Secret32};
 
@@ -64,15 +64,10 @@ impl UapiPlan {
 
     /// The request body (without `set=1`). Holds the private key when it must be set.
     pub fn render(&self, private_key: &PrivateKey) -> Zeroizing<String> {
-        let mut s = Zeroizing::new(String::new());
+        let mut s = SecretText::default();
         if self.set_private_key {
-            s.push_str(if self.keep_sessions {
-                "rotate_private_key="
-            } else {
-                "private_key="
-            });
-            s.push_str(&private_key.to_hex());
-            s.push('\n');
+            let verb = if self.keep_sessions { "rotate_private_key" } else { "private_key" };
+            let _ = writeln!(s, "{verb}={}", private_key.to_hex().as_str());
         }
         if let Some(p) = self.listen_port {
             let _ = writeln!(s, "listen_port={p}");
@@ -96,14 +91,12 @@ impl UapiPlan {
             } else {
                 let _ = writeln!(s, "public_key={}", hex::encode(k.as_bytes()));
                 if !u.create {
-                    s.push_str("update_only=true\n");
+                    let _ = writeln!(s, "update_only=true");
                 }
             }
             match &u.preshared_key {
                 Some(Some(psk)) => {
-                    s.push_str("preshared_key=");
-                    s.push_str(&Zeroizing::new(hex::encode(&psk.0[..])));
-                    s.push('\n');
+                    let _ = writeln!(s, "preshared_key={}", secret_hex(&psk.0).as_str());
                 }
                 Some(None) => {
                     let _ = writeln!(s, "preshared_key={}", "0".repeat(64));
@@ -114,7 +107,7 @@ impl UapiPlan {
                 let _ = writeln!(s, "endpoint={ep}");
             }
             if let Some(ips) = &u.allowed_ips {
-                s.push_str("replace_allowed_ips=true\n");
+                let _ = writeln!(s, "replace_allowed_ips=true");
                 for ip in ips {
                     let _ = writeln!(s, "allowed_ip={ip}");
                 }
@@ -135,7 +128,8 @@ impl UapiPlan {
                 "public_key={hexk}\nupdate_only=true\npersistent_keepalive_interval=0"
             );
         }
-        s
+        // ASCII only: every piece above is hex, a number, an address or a fixed word
+        s.into_string().unwrap_or_default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! The device's private key is turned into its public key while parsing and never kept.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wgmesh_api::{IpCidr, PublicKey};
 use zeroize::Zeroizing;
 
-use crate::key::public_key_of;
+use crate::key::{public_key_of, SecretText};
 
 /// Directory where wireguard-go compatible engines put their sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -221,24 +221,35 @@ impl UapiClient {
         s.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
         s.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
         s.write_all(request).map_err(io_err)?;
-        // the reply ends at the first blank line after errno=
-        let mut r = BufReader::new(s);
-        let mut out = Zeroizing::new(String::new());
-        let mut line = Zeroizing::new(String::new());
+        // The reply ends with its errno= line. Read unbuffered into wiped buffers: a `get`
+        // reply carries the private key.
+        let mut out = SecretText::with_capacity(4096);
+        let mut chunk = Zeroizing::new([0u8; 4096]);
+        let mut line_start = 0;
         loop {
-            line.clear();
-            let n = r.read_line(&mut line).map_err(io_err)?;
-            if n == 0 {
-                return Err(UapiError::Malformed(
-                    "connection closed before the reply ended".into(),
-                ));
-            }
-            out.push_str(&line);
-            if out.len() > MAX_REPLY {
+            let n = match s.read(&mut chunk[..]) {
+                Ok(0) => {
+                    return Err(UapiError::Malformed(
+                        "connection closed before the reply ended".into(),
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(e)),
+            };
+            out.push(&chunk[..n]);
+            if out.as_bytes().len() > MAX_REPLY {
                 return Err(UapiError::Malformed("reply too large".into()));
             }
-            if line.starts_with("errno=") {
-                return Ok(out);
+            while let Some(nl) = out.as_bytes()[line_start..].iter().position(|b| *b == b'\n') {
+                let end = line_start + nl + 1;
+                if out.as_bytes()[line_start..].starts_with(b"errno=") {
+                    out.truncate(end);
+                    return out
+                        .into_string()
+                        .ok_or_else(|| UapiError::Malformed("reply is not UTF-8".into()));
+                }
+                line_start = end;
             }
         }
     }

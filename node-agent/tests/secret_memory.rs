@@ -1,0 +1,140 @@
+//! Key material is not left behind in freed memory: this test binary's allocator looks at
+//! every block as it is freed, for the hex text of a private key and a preshared key, while a
+//! `set` request is rendered and while a `get` reply (which carries the private key) is read.
+//! A buffer that grew (each growth frees the old copy) or one that is not wiped shows up here.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use wgmesh_api::PublicKey;
+use wgmesh_node_agent::key::PrivateKey;
+use wgmesh_node_agent::plan::{PeerUpdate, UapiPlan};
+use wgmesh_node_agent::uapi_client::{socket_path, Secret32, UapiClient};
+use zeroize::Zeroizing;
+
+/// 16 bytes of the private key below (0xef everywhere clamping leaves alone), as hex. Peer
+/// public keys here are [i; 32] for i up to 200: neither their hex nor its one-digit shift
+/// (0xef → "fefe…", 0xdf → "fdfd…") can match a mark.
+const SK_MARK: &[u8] = b"efefefefefefefefefefefefefefefef";
+/// 16 bytes of the preshared key below, as hex.
+const PSK_MARK: &[u8] = b"dfdfdfdfdfdfdfdfdfdfdfdfdfdfdfdf";
+
+static WATCH: AtomicBool = AtomicBool::new(false);
+static FOUND: AtomicUsize = AtomicUsize::new(0);
+/// One test at a time: another test's setup builds key text of its own.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Watching;
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; dealloc only reads the
+// block it is handed, which is still allocated at that point.
+unsafe impl GlobalAlloc for Watching {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if WATCH.load(Ordering::SeqCst) {
+            let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
+            if contains(block, SK_MARK) || contains(block, PSK_MARK) {
+                FOUND.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Watching = Watching;
+
+/// Freed blocks holding either key while `f` ran.
+fn leaks_during(f: impl FnOnce()) -> usize {
+    FOUND.store(0, Ordering::SeqCst);
+    WATCH.store(true, Ordering::SeqCst);
+    f();
+    WATCH.store(false, Ordering::SeqCst);
+    FOUND.load(Ordering::SeqCst)
+}
+
+/// Removes the fake engine's socket also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn key(b: u8) -> PublicKey {
+    PublicKey::from_bytes([b; 32])
+}
+
+#[test]
+fn a_rendered_set_request_leaves_no_key_in_freed_memory() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sk = PrivateKey::from_bytes([0xef; 32]);
+    // enough peers that the request grows many times after the private key line
+    let update: Vec<PeerUpdate> = (1..=200u8)
+        .map(|i| PeerUpdate {
+            public_key: Some(key(i)),
+            create: true,
+            allowed_ips: Some(vec![format!("10.{i}.0.0/16").parse().unwrap_or_else(|e| panic!("{e}"))]),
+            preshared_key: Some(Some(Secret32(Zeroizing::new([0xdf; 32])))),
+            ..PeerUpdate::default()
+        })
+        .collect();
+    let plan = UapiPlan { set_private_key: true, update, ..UapiPlan::default() };
+    let mut len = 0;
+    let found = leaks_during(|| {
+        let text = plan.render(&sk);
+        len = text.len();
+        assert!(contains(text.as_bytes(), SK_MARK) && contains(text.as_bytes(), PSK_MARK));
+    });
+    assert!(len > 40_000, "the request did not grow: {len} bytes");
+    assert_eq!(found, 0, "freed blocks held key material");
+}
+
+#[test]
+fn reading_a_get_reply_leaves_no_key_in_freed_memory() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ifname = format!("wgmsm{}", std::process::id());
+    let path = socket_path(&ifname);
+    std::fs::create_dir_all(path.parent().unwrap_or_else(|| panic!("no socket dir"))).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap_or_else(|e| panic!("{e}"));
+    let _socket = RemoveOnDrop(path.clone());
+    // built before watching and never freed: the fake engine's own copy is not under test
+    let mut reply = format!("private_key={}\nlisten_port=51820\n", "ef".repeat(32));
+    for i in 1..=200u8 {
+        reply.push_str(&format!(
+            "public_key={}\npreshared_key={}\nallowed_ip=10.{i}.0.0/16\n",
+            hex::encode([i; 32]),
+            "df".repeat(32)
+        ));
+    }
+    reply.push_str("errno=0\n\n");
+    let reply: &'static [u8] = Box::leak(reply.into_bytes().into_boxed_slice());
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut req = [0u8; 16];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(reply);
+        }
+    });
+    let client = UapiClient::new(&ifname);
+    let mut peers = 0;
+    let found = leaks_during(|| {
+        let state = client.get().unwrap_or_else(|e| panic!("{e}"));
+        peers = state.peers.len();
+    });
+    let _ = server.join();
+    assert_eq!(peers, 200);
+    assert_eq!(found, 0, "freed blocks held key material");
+}
