@@ -107,6 +107,15 @@ impl DesiredSource {
     }
 }
 
+/// The nodes' prefixes no cluster CIDR contains (the guard's drops cover only those).
+pub fn outside_cluster<'a>(
+    cluster: &[IpCidr],
+    nodes: impl IntoIterator<Item = (&'a str, &'a [IpCidr])>,
+) -> Vec<(&'a str, IpCidr)> {
+    let inside = |c: &IpCidr| cluster.iter().any(|k| k.family() == c.family() && k.prefix() <= c.prefix() && k.contains(c.addr()));
+    nodes.into_iter().flat_map(|(n, cs)| cs.iter().filter(|c| !inside(c)).map(move |c| (n, *c))).collect()
+}
+
 /// (peer name, latest handshake) of every desired peer the engine has shaken hands with.
 pub fn handshakes(peers: &[EnginePeer], observed: &DeviceState) -> Vec<(String, SystemTime)> {
     peers
@@ -376,6 +385,14 @@ impl Agent {
         }
         if !self.cfg.tunnel_addresses.is_empty() {
             local.tunnel_addresses = self.cfg.tunnel_addresses.clone();
+        }
+        if self.cfg.fail_closed && !self.cfg.cluster_cidrs.is_empty() {
+            let nodes = desired.iter().filter_map(|d| Some((d.node_name.as_deref()?, d.allowed_ips.as_slice())));
+            for (node, c) in outside_cluster(&self.cfg.cluster_cidrs, nodes.chain([(self.cfg.node_name.as_str(), local.pod_cidrs.as_slice())])) {
+                warnings.push(format!(
+                    "{c} of node {node} lies outside --cluster-cidr: the underlay guard does not cover it, so a flushed policy rule could send its pods' packets in plaintext; add it to the cluster CIDRs"
+                ));
+            }
         }
         if let Some(k) = local.public_key.filter(|k| *k != self.public_key) {
             warnings.push(format!(
@@ -735,6 +752,20 @@ mod tests {
             preshared_key: None,
             keep_engine_psk: false,
         }
+    }
+
+    #[test]
+    fn prefixes_outside_the_cluster_cidrs_are_named_with_their_node() {
+        let c = |s: &str| s.parse::<IpCidr>().unwrap_or_else(|e| panic!("{e}"));
+        let cluster = [c("10.244.0.0/16")];
+        let a = [c("10.244.1.0/24"), c("fd00:244:0:1::/64")];
+        let b = [c("10.244.2.0/24")];
+        let k3s = [c("10.42.0.0/24")];
+        let found = outside_cluster(&cluster, [("a", &a[..]), ("b", &b[..]), ("c", &k3s[..])]);
+        // a dual-stack node with only the IPv4 range given, and a node from another range
+        assert_eq!(found, vec![("a", c("fd00:244:0:1::/64")), ("c", c("10.42.0.0/24"))]);
+        // a cluster CIDR narrower than the node's prefix does not cover it
+        assert_eq!(outside_cluster(&[c("10.244.1.0/25")], [("a", &a[..1])]), vec![("a", c("10.244.1.0/24"))]);
     }
 
     #[test]
