@@ -130,16 +130,19 @@ pub enum Drop {
 pub const MAX_PACKET: usize = 65535;
 /// Default MTU: 1500 minus the worst-case outer overhead (IPv6 40 + UDP 8 + WireGuard 32).
 pub const DEFAULT_MTU: usize = 1420;
-/// Handshake messages per second that switch on cookie replies (the kernel's 4096/8 queue mark).
+/// Waiting handshake messages that switch on cookie replies (the kernel's 4096/8 queue mark).
 pub const DEFAULT_UNDER_LOAD_THRESHOLD: u32 = 512;
+/// Handshake messages a second the modelled queue drains: about one core's worth (tunnel/README).
+pub const DEFAULT_HANDSHAKE_RATE: u32 = 4000;
 const UNDER_LOAD_HOLD: Duration = Duration::from_secs(1);
 /// The initiator re-handshakes on receive this long after the session began (165 s).
 const LAST_MINUTE: Duration = REJECT_AFTER_TIME.saturating_sub(KEEPALIVE_TIMEOUT).saturating_sub(REKEY_TIMEOUT);
 
 #[derive(Default)]
 struct Load {
-    second_start: Duration,
-    count: u32,
+    /// What a queue drained at `handshake_rate` would hold, as of `at`.
+    backlog: f64,
+    at: Duration,
     last_under_load: Option<Duration>,
 }
 
@@ -155,6 +158,7 @@ pub struct Device<R: RngCore + CryptoRng = OsRng> {
     limiter: RateLimiter,
     load: Load,
     pub under_load_threshold: u32,
+    pub handshake_rate: u32,
     rng: R,
     /// Timer jitter needs no secrecy: a xorshift seeded once spares a getrandom per packet.
     jitter_state: u64,
@@ -200,6 +204,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             limiter: RateLimiter::default(),
             load: Load::default(),
             under_load_threshold: DEFAULT_UNDER_LOAD_THRESHOLD,
+            handshake_rate: DEFAULT_HANDSHAKE_RATE,
             rng,
             mtu: DEFAULT_MTU,
             up: false,
@@ -754,14 +759,12 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if !checker.check_mac1(m, mac1) {
             return Err(Outcome::Dropped(Drop::InvalidMac));
         }
-        // Load counts only mac1-valid messages, so random junk cannot switch cookies on.
+        // Only mac1-valid messages count, so junk cannot switch cookies on; and they fill a
+        // modelled queue, as the kernel's real one, so a steady trickle never does.
         let l = &mut self.load;
-        if now.mono >= l.second_start + Duration::from_secs(1) {
-            l.second_start = now.mono;
-            l.count = 0;
-        }
-        l.count += 1;
-        if l.count > self.under_load_threshold {
+        let drained = now.mono.saturating_sub(l.at).as_secs_f64() * f64::from(self.handshake_rate);
+        (l.backlog, l.at) = ((l.backlog - drained).max(0.0) + 1.0, now.mono);
+        if l.backlog > f64::from(self.under_load_threshold) {
             l.last_under_load = Some(now.mono);
         }
         let under_load = l.last_under_load.is_some_and(|t| now.mono < t + UNDER_LOAD_HOLD);

@@ -309,6 +309,30 @@ fn cookie_flow_under_load() {
 }
 
 #[test]
+fn cookies_start_only_when_handshakes_arrive_faster_than_they_are_handled() {
+    // The kernel answers with cookies once 512 handshakes wait in its queue. Anyone who knows
+    // a node's public key can make valid mac1s: 1,000 a second (150 KB/s) must not get there,
+    // a burst beyond the queue mark must.
+    let mut net = Net::new(2);
+    net.link = Box::new(|_| false);
+    net.ping(0, 1);
+    net.flush();
+    let init = net.log.iter().find(|f| f.kind() == 1).unwrap().bytes.clone();
+    let from = net.addrs[0];
+    for _ in 0..3_000 {
+        net.clock.advance(ms(1));
+        let (o, _) = net.inject(1, from, &init);
+        assert_ne!(o, Outcome::CookieReplySent, "a trickle switched cookies on");
+    }
+    let burst: Vec<Outcome> = (0..600).map(|_| net.inject(1, from, &init).0).collect();
+    assert!(burst[..500].iter().all(|o| *o != Outcome::CookieReplySent));
+    assert_eq!(burst[599], Outcome::CookieReplySent, "a burst past the queue mark");
+    // the queue drains at the handshake rate: a second later the trickle is served again
+    net.clock.advance(secs(2));
+    assert_ne!(net.inject(1, from, &init).0, Outcome::CookieReplySent);
+}
+
+#[test]
 fn cookie_mac2_bound_to_source_address() {
     let mut net = Net::new(2);
     net.devs[1].under_load_threshold = 0;
