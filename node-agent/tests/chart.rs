@@ -169,6 +169,10 @@ fn bad_values_are_refused_naming_the_value() {
         (Some("clusterCIDRs={}"), "clusterCIDRs"),
         (Some("clusterCIDRs={10.244.0.0}"), "clusterCIDRs.0"),
         (Some("clusterCIDRs={10.244.0.0/33}"), "clusterCIDRs.0"),
+        (Some("clusterCIDRs={999.244.0.0/16}"), "clusterCIDRs.0"),
+        // a misspelt key would otherwise be ignored and its default used
+        (Some("node.nftGaurd=false"), "nftGaurd"),
+        (Some("clusterCIDR={10.244.0.0/16}"), "clusterCIDR"),
         (Some("clusterCIDRs={10.1.0.0/16,10.2.0.0/16,10.3.0.0/16}"), "clusterCIDRs"),
         (Some("node.interface=this-name-is-too-long"), "node.interface"),
         (Some("node.httpPort=0"), "node.httpPort"),
