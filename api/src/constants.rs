@@ -47,3 +47,8 @@ pub const LEADER_LEASE_NAME: &str = "wgmesh-operator";
 
 /// Prefix of the `WireGuardPeer` the operator keeps for each Node.
 pub const NODE_PEER_PREFIX: &str = "node-";
+
+/// Taint a node carries from registration until its agent is ready (`kubelet
+/// --register-with-taints=wgmesh.io/agent-not-ready=:NoSchedule`), so no pod starts there
+/// before the CNI chain can hold it; the agent removes it.
+pub const NOT_READY_TAINT: &str = "wgmesh.io/agent-not-ready";

@@ -97,6 +97,12 @@ impl DesiredSource {
         }
     }
 
+    fn set_ready(&self, ready: bool) {
+        if let DesiredSource::Kube(k) = self {
+            k.set_ready(ready);
+        }
+    }
+
     /// Handshakes for `status.latestHandshake`; the reporter decides which are worth a write.
     fn report(&self, handshakes: Vec<(String, SystemTime)>) {
         if let DesiredSource::Kube(k) = self {
@@ -238,6 +244,7 @@ impl Agent {
                 self.metrics.reconcile_errors.inc();
             }
             self.metrics.ready.set(i64::from(ready));
+            self.source.set_ready(ready);
             self.health.tick(ready);
             match self.readiness.set(ready) {
                 Ok(true) => {

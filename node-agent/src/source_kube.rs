@@ -19,7 +19,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use wgmesh_api::annotations::PUBLIC_KEY;
-use wgmesh_api::constants::{AGENT_FIELD_MANAGER, GROUP, VERSION};
+use wgmesh_api::constants::{AGENT_FIELD_MANAGER, GROUP, NOT_READY_TAINT, VERSION};
 use wgmesh_api::{PublicKey, WireGuardPeer};
 
 use crate::mesh_input::MeshInput;
@@ -84,6 +84,21 @@ pub async fn write_handshake(client: Client, name: &str, at: SystemTime) -> Resu
     )
     .await?;
     Ok(())
+}
+
+/// Merge patch removing the not-ready taint from `node`, or `None` if it has none. It carries
+/// the Node's resourceVersion, so a concurrent change to the taints fails it (409) instead of
+/// being overwritten with the list as we saw it.
+pub fn untaint_patch(node: &Node) -> Option<serde_json::Value> {
+    let taints = node.spec.as_ref()?.taints.as_ref()?;
+    if !taints.iter().any(|t| t.key == NOT_READY_TAINT) {
+        return None;
+    }
+    let rest: Vec<_> = taints.iter().filter(|t| t.key != NOT_READY_TAINT).collect();
+    Some(json!({
+        "metadata": {"resourceVersion": node.metadata.resource_version},
+        "spec": {"taints": if rest.is_empty() { serde_json::Value::Null } else { json!(rest) }},
+    }))
 }
 
 /// Decides which handshakes are worth a status write: newer than what the status holds by
@@ -251,7 +266,15 @@ pub struct KubeSource {
     key: tokio::sync::watch::Sender<PublicKey>,
     reports: tokio::sync::mpsc::Sender<Vec<(String, SystemTime)>>,
     seen: u64,
-    stop: Arc<AtomicBool>,
+    signals: Arc<Signals>,
+}
+
+/// What the agent's thread tells the watch loop.
+#[derive(Default)]
+struct Signals {
+    stop: AtomicBool,
+    /// The agent is ready: the not-ready taint may go.
+    ready: AtomicBool,
 }
 
 impl KubeSource {
@@ -282,19 +305,19 @@ impl KubeSource {
     ) -> Result<Self, KubeError> {
         let shared = Arc::new(Mutex::new(Snapshot::default()));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let stop = Arc::new(AtomicBool::new(false));
         let (key_tx, key_rx) = tokio::sync::watch::channel(key);
-        let (s, n, st) = (shared.clone(), node_name.to_owned(), stop.clone());
+        let signals = Arc::new(Signals::default());
+        let (s, n, sig) = (shared.clone(), node_name.to_owned(), signals.clone());
         std::thread::Builder::new()
             .name("kube".into())
-            .spawn(move || rt.block_on(run(client, n, key_rx, s, rx, st, secret_refresh)))
+            .spawn(move || rt.block_on(run(client, n, key_rx, s, rx, sig, secret_refresh)))
             .map_err(KubeError::Runtime)?;
         Ok(KubeSource {
             shared,
             key: key_tx,
             reports: tx,
             seen: 0,
-            stop,
+            signals,
         })
     }
 
@@ -321,6 +344,11 @@ impl KubeSource {
         self.key.send_replace(key);
     }
 
+    /// The agent's readiness: once true, the not-ready taint is removed from our Node.
+    pub fn set_ready(&self, ready: bool) {
+        self.signals.ready.store(ready, Ordering::Relaxed);
+    }
+
     /// Hands the latest handshakes (peer name, time) to the reporter; never blocks.
     pub fn report(&self, handshakes: Vec<(String, SystemTime)>) {
         let _ = self.reports.try_send(handshakes);
@@ -329,7 +357,7 @@ impl KubeSource {
 
 impl Drop for KubeSource {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.signals.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -345,7 +373,7 @@ async fn run(
     mut key_rx: tokio::sync::watch::Receiver<PublicKey>,
     shared: Arc<Mutex<Snapshot>>,
     mut reports: tokio::sync::mpsc::Receiver<Vec<(String, SystemTime)>>,
-    stop: Arc<AtomicBool>,
+    signals: Arc<Signals>,
     secret_refresh: Duration,
 ) {
     let nodes = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
@@ -363,7 +391,9 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut key = *key_rx.borrow_and_update();
     let mut secrets_read_at = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    // the Node version our taint patch went to: not sent again until the watch shows another
+    let mut untaint_sent: Option<Option<String>> = None;
+    while !signals.stop.load(Ordering::Relaxed) {
         tokio::select! {
             Ok(()) = key_rx.changed() => {
                 key = *key_rx.borrow_and_update();
@@ -422,6 +452,17 @@ async fn run(
                     refresh_secrets(&client, &shared, all).await;
                     secrets_read_at = Instant::now();
                 }
+                let own = signals.ready.load(Ordering::Relaxed).then(|| shared.lock().unwrap_or_else(|e| e.into_inner()).nodes.get(&node_name).cloned()).flatten();
+                if let Some(patch) = own.as_ref().filter(|n| untaint_sent.as_ref() != Some(&n.metadata.resource_version)).and_then(untaint_patch) {
+                    match Api::<Node>::all(client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        Ok(_) => {
+                            untaint_sent = own.map(|n| n.metadata.resource_version);
+                            tracing::info!(node = %node_name, taint = NOT_READY_TAINT, "ready: removed the not-ready taint");
+                        }
+                        // a conflict means the watch brings a newer Node; anything else retries next tick
+                        Err(e) => tracing::warn!(node = %node_name, error = %e, "cannot remove the not-ready taint; retrying"),
+                    }
+                }
                 if !key_published {
                     match publish_key(client.clone(), &node_name, &key).await {
                         Ok(changed) => {
@@ -455,6 +496,24 @@ mod tests {
             n.metadata.annotations = Some([(PUBLIC_KEY.to_owned(), k.to_owned())].into());
         }
         n
+    }
+
+    #[test]
+    fn the_untaint_patch_removes_only_our_taint_and_is_bound_to_the_version_seen() {
+        use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+        let taint = |key: &str| Taint { key: key.into(), effect: "NoSchedule".into(), ..Taint::default() };
+        let mut n = node("n1", None);
+        n.metadata.resource_version = Some("41".into());
+        assert!(untaint_patch(&n).is_none(), "no taints at all");
+        n.spec = Some(NodeSpec { taints: Some(vec![taint("dedicated")]), ..NodeSpec::default() });
+        assert!(untaint_patch(&n).is_none(), "not ours");
+        n.spec = Some(NodeSpec { taints: Some(vec![taint(NOT_READY_TAINT), taint("dedicated")]), ..NodeSpec::default() });
+        let p = untaint_patch(&n).expect("patch");
+        assert_eq!(p["metadata"]["resourceVersion"], json!("41"));
+        assert_eq!(p["spec"]["taints"], json!([{"key": "dedicated", "effect": "NoSchedule"}]));
+        n.spec = Some(NodeSpec { taints: Some(vec![taint(NOT_READY_TAINT)]), ..NodeSpec::default() });
+        // the last taint: the field goes (null in a merge patch)
+        assert!(untaint_patch(&n).expect("patch")["spec"]["taints"].is_null());
     }
 
     #[test]

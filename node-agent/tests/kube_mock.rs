@@ -314,6 +314,12 @@ impl World {
                 return not_found(send, name);
             };
             if method == Method::PATCH {
+                // a resourceVersion in the patch is a precondition, as the API server treats it
+                let expected = body["metadata"]["resourceVersion"].as_str();
+                if expected.is_some_and(|v| Some(v) != node["metadata"]["resourceVersion"].as_str()) {
+                    return reply(send, StatusCode::CONFLICT, &json!({"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}));
+                }
                 merge(&mut node, body);
                 self.put(Kind::Node, node.clone());
             }
@@ -627,6 +633,56 @@ async fn the_watch_loop_against_a_fake_api_server() {
             );
         }
     }
+    drop(source);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_ready_agent_removes_its_not_ready_taint_and_no_other() {
+    // Nodes registered with the taint take no pods until their agent is ready, so none starts
+    // before the CNI chain can hold it; only the agent's own Node is touched, and a concurrent
+    // change to the taints (409) is retried against the newer Node, not overwritten.
+    let wait = Duration::from_secs(10);
+    let world: Shared = Arc::default();
+    let not_ready = json!({"key": "wgmesh.io/agent-not-ready", "effect": "NoSchedule"});
+    let dedicated = json!({"key": "dedicated", "value": "infra", "effect": "NoSchedule"});
+    {
+        let mut w = lock(&world);
+        for name in ["n1", "n2"] {
+            w.put(Kind::Node, json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "spec": {"podCIDRs": ["10.244.1.0/24"], "taints": [not_ready.clone(), dedicated.clone()]}}));
+        }
+    }
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(fake_api_server(handle, world.clone()));
+    let client = Client::new(svc, "default");
+    let mut source = KubeSource::start_with_client(client, "n1", key(1), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    until("the first input", wait, || source.poll()).await;
+    let taints = |name: &str| lock(&world).nodes[name]["spec"]["taints"].clone();
+    // not ready: the taint stays (two ticks of the loop)
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(taints("n1"), json!([not_ready.clone(), dedicated.clone()]));
+
+    // someone changes n1 at the same moment: a patch made against the older version would
+    // conflict (the fake enforces the precondition) and be made again from the newer one
+    source.set_ready(true);
+    {
+        let mut w = lock(&world);
+        let mut n1 = w.nodes["n1"].clone();
+        n1["metadata"]["labels"] = json!({"zone": "a"});
+        w.put(Kind::Node, n1);
+    }
+    until("the taint removed", wait, || (taints("n1") == json!([dedicated.clone()])).then_some(())).await;
+    assert_eq!(taints("n2"), json!([not_ready, dedicated]), "another node's taint");
+    let w = lock(&world);
+    let sent: Vec<&Value> = w.log.iter()
+        .filter(|(m, u, b)| m == Method::PATCH && u.starts_with("/api/v1/nodes/n1?") && !b["spec"].is_null())
+        .map(|(_, _, b)| b)
+        .collect();
+    assert!(sent.iter().all(|b| b["metadata"]["resourceVersion"].is_string()), "{sent:?}");
+    assert_eq!(w.nodes["n1"]["metadata"]["labels"], json!({"zone": "a"}), "the concurrent change survived");
+    drop(w);
     drop(source);
     server.abort();
 }
