@@ -173,10 +173,13 @@ async fn reconcile_loop(
     let mut next = Instant::now();
     let mut backoff = BACKOFF_MIN;
     let mut was_leader = false;
+    // after a failed turn, changes (often the echoes of that turn's own writes) do not cut
+    // the backoff short: a write that keeps failing is retried at most once per backoff
+    let mut backing_off = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
+            () = wake.notified(), if !backing_off => {}
             () = tokio::time::sleep_until(next) => {}
             () = leadership.changed() => {}
         }
@@ -204,9 +207,11 @@ async fn reconcile_loop(
         match result {
             Ok(requeue) => {
                 backoff = BACKOFF_MIN;
+                backing_off = false;
                 next = Instant::now() + requeue.map_or(RESYNC, |r| r.min(RESYNC));
             }
             Err(ExecuteError::NotLeader { done }) => {
+                backing_off = false;
                 tracing::warn!(done, "stopped writing: leadership lost");
                 next = Instant::now() + RESYNC;
             }
@@ -214,6 +219,7 @@ async fn reconcile_loop(
                 tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed");
                 next = Instant::now() + backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                backing_off = true;
             }
         }
     }

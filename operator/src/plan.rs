@@ -143,8 +143,12 @@ fn merge_patch(observed: &serde_json::Value, desired: &serde_json::Value) -> ser
 /// owner reference, and the spec with nothing else in it. Node peers belong to the operator;
 /// an edit does not reach the mesh (built from Nodes), so it is taken back, not shown.
 fn repair(observed: &WireGuardPeer, desired: &WireGuardPeer) -> serde_json::Value {
-    // a merge patch replaces the list whole: keep the owners `same_projection` tolerates
+    // a merge patch replaces the list whole: keep the owners `same_projection` tolerates, but
+    // not a Node of the same name that was deleted and registered again (another UID): two
+    // controller references are refused, and the repair would fail on every turn
+    let node_uids: Vec<&str> = desired.metadata.owner_references.iter().flatten().filter(|d| d.kind == "Node").map(|d| d.uid.as_str()).collect();
     let mut owners = observed.metadata.owner_references.clone().unwrap_or_default();
+    owners.retain(|o| o.kind != "Node" || node_uids.contains(&o.uid.as_str()));
     for d in desired.metadata.owner_references.iter().flatten() {
         if !owners.iter().any(|o| o.uid == d.uid && o.kind == d.kind) {
             owners.push(d.clone());

@@ -48,12 +48,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         ready: ready.clone(),
     };
-    let http = tokio::spawn(serve(args.listen, probes, token.clone()));
+    // SIGTERM stops the controller; the Lease and HTTP each have their own token, cancelled
+    // only after the controller returned: writes stop, then the Lease goes, then HTTP
+    let (lease_token, http_token) = (CancellationToken::new(), CancellationToken::new());
+    let http = tokio::spawn(serve(args.listen, probes, http_token.clone()));
 
     let (leadership, elector) = if args.leader_election {
         let cfg = LeaderConfig::new(LEADER_LEASE_NAME, &args.lease_namespace, &args.identity);
         let api: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
-        let (l, h) = leader::spawn(api, cfg, token.clone());
+        let (l, h) = leader::spawn(api, cfg, lease_token.clone());
         (l, Some(h))
     } else {
         tracing::warn!("leader election disabled: run exactly one replica");
@@ -67,8 +70,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(identity = %args.identity, cluster_cidrs = ?args.cluster_cidrs, "starting");
     let result = controller::run(client, ctx, leadership, ready, token.clone()).await;
 
-    // the controller returned (shutdown or fatal error): make sure everything else stops too
+    // the controller returned (shutdown or fatal error), so no write is in flight any more
     token.cancel();
+    lease_token.cancel();
     if let Some(h) = elector {
         if tokio::time::timeout(Duration::from_secs(5), h)
             .await
@@ -77,6 +81,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("lease release timed out");
         }
     }
+    http_token.cancel();
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
         Err(e) => tracing::warn!(error = %e, "http task failed"),

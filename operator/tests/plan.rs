@@ -378,3 +378,26 @@ fn fields_another_manager_added_to_a_node_peer_are_taken_back_then_status_follow
     assert!(p.applies.is_empty() && p.repairs.is_empty(), "{p:?}");
     assert_eq!(p.statuses.len(), 1, "the status is written once the spec is ours again");
 }
+
+#[test]
+fn a_node_registered_again_under_its_name_owns_its_peer_alone() {
+    // Node b deleted and registered again (new UID) with another pod CIDR before the garbage
+    // collector removed its peer: the repair names only the new Node as controller (the API
+    // refuses two controller references, and the repair would fail on every turn).
+    let old = nodes2();
+    let observed = synced(&old, &[]);
+    let mut new = nodes2();
+    new[1] = node("b", Some(&key(2)), "192.168.0.2", &["10.244.9.0/24"]);
+    new[1].metadata.uid = Some("uid-b-again".into());
+    let p = run(&new, &observed);
+    let owners = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter(|o| o["kind"] == "Node").filter_map(|o| o["uid"].as_str().map(str::to_owned)).collect()
+    };
+    let written: Vec<Vec<String>> = p
+        .repairs
+        .iter()
+        .map(|(_, patch)| owners(&patch["metadata"]["ownerReferences"]))
+        .chain(p.applies.iter().map(|a| owners(&serde_json::to_value(&a.metadata.owner_references).unwrap_or_default())))
+        .collect();
+    assert_eq!(written, vec![vec!["uid-b-again".to_owned()]], "{p:?}");
+}
