@@ -357,6 +357,25 @@ fn a_random_port_is_reported_right_after_link_up() {
 }
 
 #[test]
+fn a_link_smaller_than_the_tunnel_needs_fragments_the_outer_packets_as_the_kernel_does() {
+    // Underlay MTU 1400 (a cloud or overlay network below 1500) under the default tunnel MTU
+    // of 1420: the kernel's WireGuard sends with df=0 and its outer packets are fragmented; an
+    // engine that refused them (EMSGSIZE) would drop every full-size packet, silently.
+    for outer6 in [false, true] {
+        let p = pair(Impl::Ours, Impl::Ours, outer6);
+        for (ns, dev) in [(&p.ns[0], &p.veth.0), (&p.ns[1], &p.veth.1)] {
+            ok(&["ip", "-n", ns, "link", "set", dev, "mtu", "1400"]);
+        }
+        // a full-size inner packet, don't-fragment inside: only the outer one is cut
+        let out = p.lab.exec(&p.ns[0], &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1392", "192.168.241.2"]);
+        assert!(out.status.success(), "outer6={outer6}: {}", String::from_utf8_lossy(&out.stdout));
+        // bulk TCP: GSO sends of segments the link cannot carry whole fall back to single sends
+        tcp_transfer(&p, 0, "192.168.241.2", 4 << 20);
+        tcp_transfer(&p, 1, "fd00::1", 4 << 20);
+    }
+}
+
+#[test]
 fn stealth_no_reply_to_junk_or_bad_mac1() {
     let p = pair(Impl::Ours, Impl::Ours, false);
     let cap = format!("/tmp/{}.pcap", p.lab.id);

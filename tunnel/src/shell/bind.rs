@@ -6,6 +6,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Big enough to ride out bursts at line rate (wireguard-go uses 7 MiB too).
@@ -16,6 +17,9 @@ pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 pub struct Socket4or6 {
     pub socket: UdpSocket,
     state: UdpSocketState,
+    /// Datagrams per GSO send: the kernel's probe, 1 once a send from no chosen source was
+    /// refused. Not quinn-udp's count, which any EINVAL ends for good, a stale source too.
+    gso: AtomicUsize,
 }
 
 impl Socket4or6 {
@@ -25,22 +29,23 @@ impl Socket4or6 {
     /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several),
     /// from local address `src` when given (IP_PKTINFO).
     pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>) -> io::Result<()> {
-        let segment_size = (bytes.len() > segment).then_some(segment);
-        let t = Transmit { destination: to, ecn: None, contents: bytes, segment_size, src_ip };
-        match self.state.try_send(UdpSockRef::from(&self.socket), &t) {
-            // The kernel refused the segmentation (EIO without checksum offload): one by one.
-            Err(e) if segment_size.is_some() && e.kind() != io::ErrorKind::WouldBlock => {
-                for d in bytes.chunks(segment) {
-                    let t = Transmit { destination: to, ecn: None, contents: d, segment_size: None, src_ip };
-                    self.state.try_send(UdpSockRef::from(&self.socket), &t)?;
-                }
-                Ok(())
+        let send = |contents: &[u8], segment_size| {
+            let t = Transmit { destination: to, ecn: None, contents, segment_size, src_ip };
+            self.state.try_send(UdpSockRef::from(&self.socket), &t)
+        };
+        if bytes.len() > segment && self.gso.load(Ordering::Relaxed) > 1 {
+            match send(bytes, Some(segment)) {
+                // EIO without checksum offload, EINVAL for segments the link cannot carry
+                // whole: one by one from now on. A chosen source may be stale: the caller's.
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock && src_ip.is_none() => self.gso.store(1, Ordering::Relaxed),
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {}
+                r => return r,
             }
-            r => r,
         }
+        bytes.chunks(segment).try_for_each(|d| send(d, None))
     }
     pub fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        self.gso.load(Ordering::Relaxed)
     }
 }
 
@@ -89,7 +94,17 @@ fn open(addr: SocketAddr, fwmark: u32) -> io::Result<Socket4or6> {
     s.set_nonblocking(true)?;
     let socket: UdpSocket = s.into();
     let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
-    Ok(Socket4or6 { socket, state })
+    // As the kernel's WireGuard (df=0): a datagram larger than the link is fragmented, not
+    // refused. quinn-udp has just set path-MTU probing and IPV6_DONTFRAG; undo both.
+    let fd = socket.as_raw_fd();
+    if addr.is_ipv4() {
+        set_int_opt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT)?;
+    } else {
+        set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT)?;
+        set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0)?;
+    }
+    let gso = AtomicUsize::new(state.max_gso_segments());
+    Ok(Socket4or6 { socket, state, gso })
 }
 
 impl Bind {

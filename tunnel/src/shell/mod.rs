@@ -231,7 +231,8 @@ impl Engine {
         }
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(bind) = bind {
-            let segs = bind.v4.as_ref().map_or(1, |s| s.max_gso_segments()).max(1);
+            // the larger count: a socket down to 1 sends its runs one by one itself
+            let segs = [&bind.v4, &bind.v6].iter().filter_map(|s| s.as_ref().map(|s| s.max_gso_segments())).max().unwrap_or(1).max(1);
             for (to, reply_from, d, seg) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
                 let Some(s) = bind.socket_for(to) else { continue };
                 let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
