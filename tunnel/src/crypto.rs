@@ -121,16 +121,18 @@ pub fn open_with(cipher: &Aead, counter: u64, ad: &[u8], buf: &mut [u8]) -> bool
 pub fn seal_nonce(cipher: &Aead, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) {
     let n = buf.len() - TAG_LEN;
     let (text, tag) = buf.split_at_mut(n);
-    // Sealing only fails for inputs over 256 GiB, which a datagram cannot be.
-    if let Some(k) = cipher.vector_for(text.len()) {
-        if let Some(t) = k.seal_in_place(nonce, ad, text) {
-            tag.copy_from_slice(&t);
+    // Sealing only fails for inputs over 256 GiB, which a datagram cannot be; were it to,
+    // zeros go out (failing the peer's check), never the plaintext.
+    let t = match cipher.vector_for(text.len()) {
+        Some(k) => k.seal_in_place(nonce, ad, text),
+        None => {
+            let nonce = ring::aead::Nonce::assume_unique_for_key(*nonce);
+            cipher.ring.0.seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), text).ok().and_then(|t| t.as_ref().try_into().ok())
         }
-    } else {
-        let nonce = ring::aead::Nonce::assume_unique_for_key(*nonce);
-        if let Ok(t) = cipher.ring.0.seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), text) {
-            tag.copy_from_slice(t.as_ref());
-        }
+    };
+    match t {
+        Some(t) => tag.copy_from_slice(&t),
+        None => text.fill(0),
     }
 }
 

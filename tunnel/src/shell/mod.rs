@@ -385,7 +385,9 @@ impl Engine {
                 && !self.tun_bulk.load(Ordering::Acquire)
                 && !tun_busy;
             let tun_fd = if reads_tun { Some(self.tun.as_raw_fd()) } else { None };
-            let (udp_ready, tun_ready) = wait_readable(sock.socket.as_raw_fd(), tun_fd, bind::RECV_TIMEOUT);
+            // After a TUN found busy, look again soon: its reader may have let go with a packet left.
+            let wait = if tun_busy { Duration::from_millis(1) } else { bind::RECV_TIMEOUT };
+            let (udp_ready, tun_ready) = wait_readable(sock.socket.as_raw_fd(), tun_fd, wait);
             // If another thread holds the reader, it empties the TUN: wait on UDP alone once
             // rather than spin on a TUN that stays readable meanwhile.
             tun_busy = tun_ready && !self.read_tun_inline();
