@@ -145,7 +145,8 @@ pub struct Agent {
     source: DesiredSource,
     input: Option<MeshInput>,
     peers: Vec<EnginePeer>,
-    /// Every prefix of a desired peer, configured or left out: fail-closed drops cover them.
+    /// Every prefix of a desired peer, configured or left out: the guard keeps pods' packets
+    /// to those outside the pod network off the underlay.
     desired_prefixes: Vec<IpCidr>,
     local: LocalNode,
     applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
@@ -595,7 +596,6 @@ impl Agent {
                 .iter()
                 .flat_map(|p| p.allowed_ips.iter().copied())
                 .collect(),
-            desired_prefixes: self.desired_prefixes.clone(),
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
             local_pod_cidrs: self.local.pod_cidrs.clone(),
             fail_closed: self.cfg.fail_closed,
@@ -652,7 +652,7 @@ impl Agent {
         if self.local.pod_cidrs.is_empty() {
             return Ok(());
         }
-        let script = crate::guard::ruleset(&self.cfg.interface, &self.cfg.cluster_cidrs, &self.local.pod_cidrs)?;
+        let script = crate::guard::ruleset(&self.cfg.interface, &self.cfg.cluster_cidrs, &self.local.pod_cidrs, &self.desired_prefixes)?;
         let dropped = self.guard.sync(&script)?;
         self.metrics.guard_dropped(dropped);
         Ok(())

@@ -39,10 +39,12 @@ pub enum GuardError {
 }
 
 /// The script that replaces table `inet wgmesh` in one transaction. Out: packets to a local
-/// pod CIDR pass, to any other cluster CIDR only through `interface`. In: packets from a
-/// remote pod (a cluster CIDR but no local pod CIDR) pass only from `interface`, where
-/// WireGuard authenticated them; one on any other interface is plaintext or spoofed.
-pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpCidr]) -> Result<String, GuardError> {
+/// pod CIDR pass, to any other cluster CIDR only through `interface`, and so do pods' packets
+/// to a peer's prefix outside the pod network (an external peer's network; the node's own
+/// packets there may take `main`). In: packets from a remote pod (a cluster CIDR but no local
+/// pod CIDR) pass only from `interface`, where WireGuard authenticated them; one on any other
+/// interface is plaintext or spoofed.
+pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpCidr], peer_prefixes: &[IpCidr]) -> Result<String, GuardError> {
     // nft strings end at the first quote, a backslash escapes and a trailing `*` is a wildcard
     if interface.contains(['"', '\\', '*']) || interface.chars().any(|c| c.is_control()) {
         return Err(GuardError::BadInterface(interface.into()));
@@ -63,6 +65,12 @@ pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpC
                 rules += &format!("\t\t{ip} {addr} {{ {} }} accept\n", local.join(", "));
             }
             rules += &format!("\t\t{ip} {addr} {{ {} }} counter drop\n", cluster.join(", "));
+            // before srcnat (priority 100), so a pod's address is still the source here
+            let beyond: Vec<IpCidr> = peer_prefixes.iter().filter(|p| !cluster_cidrs.iter().any(|c| c.family() == p.family() && c.prefix() <= p.prefix() && c.contains(p.addr()))).copied().collect();
+            let beyond = outermost(&beyond, family);
+            if addr == "daddr" && !beyond.is_empty() {
+                rules += &format!("\t\t{ip} saddr {{ {} }} {ip} daddr {{ {} }} counter drop\n", cluster.join(", "), beyond.join(", "));
+            }
         }
         format!("\tchain {name} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;\n{rules}\t}}\n")
     };
@@ -266,6 +274,8 @@ mod tests {
             "wgmesh0",
             &cidrs(&["10.244.0.0/16", "fd00:244::/56"]),
             &cidrs(&["10.244.1.0/24", "fd00:244:0:1::/64"]),
+            // a remote node's pod CIDR (covered already) and an external peer's network
+            &cidrs(&["10.244.2.0/24", "192.168.100.0/24"]),
         )
         .unwrap();
         let rules: Vec<&str> = s.lines().map(str::trim).filter(|l| l.contains("accept") || l.contains("drop")).collect();
@@ -277,6 +287,7 @@ mod tests {
                 "oifname \"lo\" accept",
                 "ip daddr { 10.244.1.0/24 } accept",
                 "ip daddr { 10.244.0.0/16 } counter drop",
+                "ip saddr { 10.244.0.0/16 } ip daddr { 192.168.100.0/24 } counter drop",
                 "ip6 daddr { fd00:244:0:1::/64 } accept",
                 "ip6 daddr { fd00:244::/56 } counter drop",
                 // in: remote pods only through the tunnel, after DNAT
@@ -299,9 +310,11 @@ mod tests {
             "wg0",
             &cidrs(&["10.0.0.0/8", "10.244.0.0/16", "10.0.0.0/8"]),
             &cidrs(&["10.244.1.0/24", "10.244.1.0/25", "fd00::/64"]),
+            &cidrs(&["172.16.0.0/12", "172.16.5.0/24", "2001:db8::/32"]),
         )
         .unwrap();
         assert!(s.contains("ip daddr { 10.0.0.0/8 } counter drop"), "{s}");
+        assert!(s.contains("ip saddr { 10.0.0.0/8 } ip daddr { 172.16.0.0/12 } counter drop"), "{s}");
         assert!(s.contains("ip daddr { 10.244.1.0/24 } accept"), "{s}");
         assert!(!s.contains("ip6"), "no IPv6 cluster CIDR, no IPv6 rule: {s}");
     }
@@ -309,7 +322,7 @@ mod tests {
     #[test]
     fn an_interface_name_that_would_break_out_of_the_quotes_is_refused() {
         for bad in ["wg\"0", "wg\\0", "wg\n0", "wg*"] {
-            assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
+            assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[], &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
         }
     }
 

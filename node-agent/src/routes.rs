@@ -5,10 +5,8 @@
 //! fwmark by a rule at api `ROUTING_RULE_PRIORITY`, i.e. before `main`, so these routes beat
 //! whatever another CNI put there. In it:
 //! - each remote peer's allowed IPs → the wg interface (source: our tunnel address);
-//! - fail-closed: the cluster pod CIDRs and every desired peer's prefixes → `unreachable`, so
-//!   a pod address no peer covers, or an external peer's network while that peer is left out
-//!   (its key unreadable) or the interface is gone, is dropped instead of leaking in plaintext
-//!   through `main`;
+//! - fail-closed: the cluster pod CIDRs → `unreachable`, so a pod address no peer covers is
+//!   dropped instead of leaking in plaintext through `main`;
 //! - the local pod CIDRs → `throw`, so local pods keep using `main` (the bridge).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,8 +57,6 @@ pub struct RoutingInputs {
     pub link: Option<u32>,
     pub tunnel_addresses: Vec<IpAddr>,
     pub peer_prefixes: Vec<IpCidr>,
-    /// Every prefix of a peer this node should have, configured or left out.
-    pub desired_prefixes: Vec<IpCidr>,
     pub cluster_cidrs: Vec<IpCidr>,
     pub local_pod_cidrs: Vec<IpCidr>,
     pub fail_closed: bool,
@@ -80,7 +76,7 @@ pub fn desired_routes(i: &RoutingInputs) -> BTreeMap<IpCidr, Route> {
         );
     };
     if i.fail_closed {
-        for c in i.cluster_cidrs.iter().chain(&i.desired_prefixes) {
+        for c in &i.cluster_cidrs {
             put(*c, RouteKind::Unreachable);
         }
         for c in &i.local_pod_cidrs {
@@ -197,7 +193,6 @@ mod tests {
                 "fd00:244:0:1::1".parse().expect("ip"),
             ],
             peer_prefixes: vec![c("10.244.2.0/24"), c("fd00:244:0:2::/64"), c("10.8.0.0/24")],
-            desired_prefixes: vec![c("10.244.2.0/24"), c("fd00:244:0:2::/64"), c("10.8.0.0/24")],
             cluster_cidrs: vec![c("10.244.0.0/16"), c("fd00:244::/48")],
             local_pod_cidrs: vec![c("10.244.1.0/24"), c("fd00:244:0:1::/64")],
             fail_closed: true,
@@ -237,9 +232,7 @@ mod tests {
         assert!(r
             .values()
             .all(|x| !matches!(x.kind, RouteKind::Unicast { .. })));
-        // the peers' prefixes stay, as drops: the external 10.8.0.0/24 too
-        assert_eq!(r.len(), 7);
-        assert_eq!(r[&c("10.8.0.0/24")].kind, RouteKind::Unreachable);
+        assert_eq!(r.len(), 4);
         i.link = Some(7);
         i.fail_closed = false;
         let r = desired_routes(&i);
@@ -249,19 +242,6 @@ mod tests {
             .all(|x| matches!(x.kind, RouteKind::Unicast { .. })));
         i.peer_prefixes.clear();
         assert!(desired_rules(&desired_routes(&i), 100, 51820, 51820).is_empty());
-    }
-
-    #[test]
-    fn a_left_out_external_peer_keeps_its_network_off_main() {
-        // its preshared key could not be read: no engine peer, no route into the tunnel
-        let mut i = inputs();
-        i.peer_prefixes.retain(|p| *p != c("10.8.0.0/24"));
-        let r = desired_routes(&i);
-        assert_eq!(r[&c("10.8.0.0/24")].kind, RouteKind::Unreachable);
-        assert!(matches!(r[&c("10.244.2.0/24")].kind, RouteKind::Unicast { .. }));
-        // once it is no longer desired (the WireGuardPeer deleted), main has it back
-        i.desired_prefixes.retain(|p| *p != c("10.8.0.0/24"));
-        assert!(!desired_routes(&i).contains_key(&c("10.8.0.0/24")));
     }
 
     #[test]

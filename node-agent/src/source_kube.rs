@@ -91,12 +91,14 @@ pub async fn write_handshake(client: Client, name: &str, at: SystemTime) -> Resu
 /// being overwritten with the list as we saw it.
 pub fn untaint_patch(node: &Node) -> Option<serde_json::Value> {
     let taints = node.spec.as_ref()?.taints.as_ref()?;
+    // without a version there is no precondition to send (null would remove it)
+    let version = node.metadata.resource_version.as_ref()?;
     if !taints.iter().any(|t| t.key == NOT_READY_TAINT) {
         return None;
     }
     let rest: Vec<_> = taints.iter().filter(|t| t.key != NOT_READY_TAINT).collect();
     Some(json!({
-        "metadata": {"resourceVersion": node.metadata.resource_version},
+        "metadata": {"resourceVersion": version},
         "spec": {"taints": if rest.is_empty() { serde_json::Value::Null } else { json!(rest) }},
     }))
 }

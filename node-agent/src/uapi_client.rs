@@ -225,7 +225,8 @@ impl UapiClient {
         // reply carries the private key.
         let mut out = SecretText::with_capacity(4096);
         let mut chunk = Zeroizing::new([0u8; 4096]);
-        let mut line_start = 0;
+        // the current line starts at line_start and has no newline before `scanned`
+        let (mut line_start, mut scanned) = (0, 0);
         loop {
             let n = match s.read(&mut chunk[..]) {
                 Ok(0) => {
@@ -241,16 +242,17 @@ impl UapiClient {
             if out.as_bytes().len() > MAX_REPLY {
                 return Err(UapiError::Malformed("reply too large".into()));
             }
-            while let Some(nl) = out.as_bytes()[line_start..].iter().position(|b| *b == b'\n') {
-                let end = line_start + nl + 1;
+            while let Some(nl) = out.as_bytes()[scanned..].iter().position(|b| *b == b'\n') {
+                let end = scanned + nl + 1;
                 if out.as_bytes()[line_start..].starts_with(b"errno=") {
                     out.truncate(end);
                     return out
                         .into_string()
                         .ok_or_else(|| UapiError::Malformed("reply is not UTF-8".into()));
                 }
-                line_start = end;
+                (line_start, scanned) = (end, end);
             }
+            scanned = out.as_bytes().len();
         }
     }
 

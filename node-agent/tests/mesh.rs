@@ -479,19 +479,21 @@ fn an_external_peers_network_stays_off_the_underlay_while_the_engine_is_gone() {
     let doc = "apiVersion: wgmesh.io/v1alpha1\nkind: WireGuardPeer\nmetadata:\n  name: office\nspec:\n  publicKey: \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n  endpoint: \"192.168.77.50:51820\"\n  allowedIPs: [\"10.99.0.0/24\"]\n";
     std::fs::write(m.peer_dir().join("office.yaml"), doc).unwrap_or_else(|e| panic!("{e}"));
     let engine = run_apart(&mut m, 1);
-    // `ip route` prints "10.99.0.0/24 dev wgm..." and "unreachable 10.99.0.0/24 ..."
-    let office = |start: &str| {
-        ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE]).lines().any(|l| l.starts_with(start))
-    };
-    assert!(wait_for(Duration::from_secs(5), || office("10.99.0.0/24 dev wgm")).is_some(), "office not routed into the tunnel: {}", m.log_tail(1));
+    let routed = || ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE]).lines().any(|l| l.starts_with("10.99.0.0/24 dev wgm"));
+    assert!(wait_for(Duration::from_secs(5), routed).is_some(), "office not routed into the tunnel: {}", m.log_tail(1));
+    let guarded = || guard_table(&node_ns).is_some_and(|t| t.contains("10.99.0.0/24"));
+    assert!(wait_for(Duration::from_secs(5), guarded).is_some(), "office network not in the guard: {:?}", guard_table(&node_ns));
+    let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t).leaving);
+    let before = drops();
 
     m.stop_child(engine);
-    assert!(
-        wait_for(Duration::from_secs(5), || office("unreachable 10.99.0.0/24")).is_some(),
-        "no drop for the office network without an engine: {}",
-        ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE])
-    );
+    assert!(wait_for(Duration::from_secs(5), || !routed()).is_some(), "the tunnel route outlived the engine");
+    // the pod's packets now meet main's route across the underlay: the guard drops them
     assert!(!ping(&p1.ns, "10.99.0.5".parse().unwrap_or_else(|e| panic!("{e}")), 2, "1"));
+    assert!(drops() >= before + 2, "the guard did not drop the pod's packets: {:?}", guard_table(&node_ns));
+    // the node's own traffic there keeps main's route (no black hole for kubelet or DNS)
+    let own = ip(&["-n", &node_ns, "route", "get", "10.99.0.5"]);
+    assert!(own.contains("via 192.168.77.50"), "{own}");
     only_wireguard(&mut m, cap);
 }
 

@@ -132,7 +132,7 @@ pub fn seal_nonce(cipher: &Aead, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) {
     };
     match t {
         Some(t) => tag.copy_from_slice(&t),
-        None => text.fill(0),
+        None => buf.fill(0),
     }
 }
 

@@ -21,6 +21,8 @@ fn tcp_transfer(p: &Pair, from: usize, to_addr: &str, len: usize) {
             let l = TcpListener::bind(&listen).expect("listen");
             tx.send(()).unwrap();
             let (mut s, _) = l.accept().expect("accept");
+            // a stalled tunnel fails the test instead of hanging it
+            s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
             let mut got = Vec::new();
             s.read_to_end(&mut got).expect("read");
             got
@@ -29,6 +31,7 @@ fn tcp_transfer(p: &Pair, from: usize, to_addr: &str, len: usize) {
     rx.recv().unwrap();
     in_ns(&p.ns[from], move || {
         let mut s = TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5)).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(60))).expect("timeout");
         s.write_all(&data).expect("write");
     });
     let got = server.join().unwrap();

@@ -35,10 +35,10 @@ impl Socket4or6 {
         };
         if bytes.len() > segment && self.gso.load(Ordering::Relaxed) > 1 {
             match send(bytes, Some(segment)) {
-                // EIO without checksum offload, EINVAL for segments the link cannot carry
-                // whole: one by one from now on. A chosen source may be stale: the caller's.
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock && src_ip.is_none() => self.gso.store(1, Ordering::Relaxed),
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {}
+                // EIO: no checksum offload; EMSGSIZE or EINVAL: segments the link cannot carry
+                // whole, or (EINVAL) a stale chosen source, retried without: GSO off when sure.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EMSGSIZE)) || (src_ip.is_none() && e.raw_os_error() == Some(libc::EINVAL)) => self.gso.store(1, Ordering::Relaxed),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 r => return r,
             }
         }
