@@ -329,18 +329,20 @@ impl Netlink {
         }
     }
 
-    /// Smallest MTU of the links holding a default route in `main` (the underlay), skipping
-    /// `exclude` (our own interface); `None` without a default route.
+    /// Smallest MTU of the links holding a default route in `main` (the underlay, every
+    /// nexthop of a multipath one), skipping `exclude` (our own interface); `None` without one.
     pub fn underlay_mtu(&mut self, exclude: Option<u32>) -> io::Result<Option<u32>> {
         let oifs: Vec<u32> = self
             .all_routes()?
             .iter()
             .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.destination_prefix_length == 0)
             .filter(|r| r.header.kind == RouteType::Unicast)
-            .filter_map(|r| {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
+            // A multipath (ECMP) default names its links in the nexthops, not in RTA_OIF.
+            .flat_map(|r| {
+                r.attributes.iter().flat_map(|a| match a {
+                    RouteAttribute::Oif(i) => vec![*i],
+                    RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
+                    _ => Vec::new(),
                 })
             })
             .filter(|i| Some(*i) != exclude)

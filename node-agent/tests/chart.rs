@@ -192,3 +192,62 @@ fn bad_values_are_refused_naming_the_value() {
         }
     }
 }
+
+#[test]
+fn kubernetes_before_1_31_is_refused() {
+    // The CRD's CEL rules use the IP/CIDR library and selectableFields, both Kubernetes >= 1.31.
+    let cidrs = format!("clusterCIDRs={{{CIDR}}}");
+    match render(&["--set", &cidrs, "--kube-version", "1.30.0"]) {
+        Ok(_) => panic!("Kubernetes 1.30 was accepted"),
+        Err(e) => assert!(e.contains("kubeVersion") && e.contains("1.31"), "the error should name the required kube version: {e}"),
+    }
+    for v in ["1.31.0", "v1.31.2-eks-1234"] {
+        render(&["--set", &cidrs, "--kube-version", v]).unwrap_or_else(|e| panic!("Kubernetes {v}: {e}"));
+    }
+}
+
+#[test]
+fn cluster_cidrs_the_agents_would_refuse_are_refused_at_render_time() {
+    // The agent and operator parse clusterCIDRs strictly (api/src/cidr.rs); a value they refuse
+    // crash-loops every agent, and no pod starts anywhere (the CNI plugin waits for the agent).
+    for ok in [
+        "10.244.0.0/16",
+        "10.0.0.0/8",
+        "0.0.0.0/0",
+        "10.244.0.1/32",
+        "fd00::/64",
+        "fd00:10:244::/56",
+        "FD00:10:244::/56",
+        "64:ff9b::10.0.0.0/120",
+        "::/0",
+        "1:2:3:4:5:6:7::/128",
+        "10.244.0.0/16,fd00::/64",
+    ] {
+        let set = format!("clusterCIDRs={{{ok}}}");
+        render(&["--set", &set]).unwrap_or_else(|e| panic!("{ok} was refused: {e}"));
+    }
+    for (bad, want) in [
+        ("10.244.1.0/16", "clusterCIDRs: 10.244.1.0/16 has host bits set (did you mean 10.244.0.0/16?)"),
+        ("10.244.0.1/31", "did you mean 10.244.0.0/31?"),
+        ("255.255.255.255/1", "did you mean 128.0.0.0/1?"),
+        ("fd00::1/64", "clusterCIDRs: fd00::1/64 has host bits set (did you mean fd00::/64?)"),
+        ("fd00:10:244:1::/56", "did you mean fd00:10:244::/56?"),
+        ("fd00:0:0:1:0:0:0:1/64", "did you mean fd00:0:0:1::/64?"),
+        ("64:ff9b::10.0.0.1/120", "did you mean 64:ff9b::a00:0/120?"),
+        ("10.244.0.0/16,fd00::1/64", "clusterCIDRs: fd00::1/64 has host bits set"),
+        (":::/64", "clusterCIDRs: :::/64 is not a valid IPv6 CIDR"),
+        ("1:2:3:4:5:6:7:8:9/64", "clusterCIDRs: 1:2:3:4:5:6:7:8:9/64 is not a valid IPv6 CIDR"),
+        ("1::2::/64", "clusterCIDRs: 1::2::/64 is not a valid IPv6 CIDR"),
+        ("1:2:3:4:5:6:7:8::/128", "clusterCIDRs: 1:2:3:4:5:6:7:8::/128 is not a valid IPv6 CIDR"),
+        ("12345::/64", "clusterCIDRs: 12345::/64 is not a valid IPv6 CIDR"),
+        ("::ffff:10.0.0.0/104", "clusterCIDRs: ::ffff:10.0.0.0/104 is an IPv4-mapped IPv6 CIDR"),
+        // the schema's pattern catches this one and names the item
+        ("fd00::/129", "clusterCIDRs.0"),
+    ] {
+        let set = format!("clusterCIDRs={{{bad}}}");
+        match render(&["--set", &set]) {
+            Ok(_) => panic!("{bad} was accepted"),
+            Err(e) => assert!(e.contains(want), "{bad}: the error should say {want:?}: {e}"),
+        }
+    }
+}
