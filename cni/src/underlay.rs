@@ -59,7 +59,8 @@ fn parse_ipv6(table: &str) -> Vec<String> {
 }
 
 fn usable(iface: &str, flags: u32) -> bool {
-    iface != "lo" && flags & RTF_UP != 0 && flags & RTF_REJECT == 0
+    // "*": no device, as an IPv4 blackhole default (listed without RTF_REJECT) has none
+    iface != "lo" && iface != "*" && flags & RTF_UP != 0 && flags & RTF_REJECT == 0
 }
 
 fn push_unique(names: &mut Vec<String>, iface: &str) {
@@ -76,7 +77,8 @@ mod tests {
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
         eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
         eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-        bond1\t00000000\t010A0A0A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        bond1\t00000000\t010A0A0A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+        *\t00000000\t00000000\t0001\t0\t0\t9999\t00000000\t0\t0\t0\n";
 
     const V6: &str = "\
 fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
@@ -85,7 +87,7 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
 ";
 
     #[test]
-    fn ipv4_default_routes_are_found() {
+    fn ipv4_default_routes_are_found_and_a_blackhole_default_is_not_one() {
         assert_eq!(parse_ipv4(V4), vec!["eth0", "bond1"]);
     }
 

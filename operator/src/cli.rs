@@ -136,6 +136,16 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             other => return Err(CliError::Unknown(other.to_owned())),
         }
     }
+    // The agents refuse to run without it; an operator without it would call peers valid
+    // that every agent then drops for claiming the pod network.
+    if run.cluster_cidrs.is_empty() {
+        return Err(CliError::Invalid {
+            flag: "--cluster-cidr".into(),
+            message: "the cluster's pod network is required (kube-controller-manager \
+                      --cluster-cidr; also WGMESH_CLUSTER_CIDRS, comma-separated)"
+                .into(),
+        });
+    }
     Ok(Command::Run(run))
 }
 
@@ -151,11 +161,11 @@ mod tests {
     fn crdgen_and_defaults() {
         let none = |_: &str| None;
         assert_eq!(parse(&args(&["crdgen"]), &none), Ok(Command::Crdgen));
-        let Ok(Command::Run(r)) = parse(&[], &none) else {
+        let Ok(Command::Run(r)) = parse(&args(&["--cluster-cidr", "10.244.0.0/16"]), &none) else {
             panic!("expected run")
         };
         assert_eq!(r.listen.to_string(), "0.0.0.0:8080");
-        assert!(r.leader_election && r.json_logs && r.cluster_cidrs.is_empty());
+        assert!(r.leader_election && r.json_logs && r.cluster_cidrs.len() == 1);
         assert_eq!(r.lease_namespace, "kube-system");
     }
 
@@ -201,5 +211,11 @@ mod tests {
             parse(&args(&["--bogus"]), &none),
             Err(CliError::Unknown(_))
         ));
+        // no pod network, or an empty one (deploy/'s manifest as shipped): refused, saying which
+        let empty = |k: &str| (k == "WGMESH_CLUSTER_CIDRS").then(String::new);
+        for env in [&none as &dyn Fn(&str) -> Option<String>, &empty] {
+            let e = parse(&args(&["run"]), env).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains("--cluster-cidr") && e.contains("required"), "{e}");
+        }
     }
 }

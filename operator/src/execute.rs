@@ -190,9 +190,11 @@ pub async fn execute(
                     "event"
                 );
             }
+            // Events are best effort: one the API refuses (a name past its length limit, a
+            // quota in "default") must not fail the turn and hold back every change behind it.
             Err(e) => {
                 tracing::warn!(reason = %ev.reason, error = %e, "event publish failed");
-                errors.push(e);
+                metrics.event_failed();
             }
         }
     }

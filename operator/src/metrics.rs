@@ -30,6 +30,7 @@ pub struct Metrics {
     writes: Family<OpLabel, Counter>,
     peers: Family<StateLabel, Gauge>,
     leader: Gauge,
+    event_failures: Counter,
 }
 
 impl Metrics {
@@ -41,6 +42,7 @@ impl Metrics {
             writes: Family::default(),
             peers: Family::default(),
             leader: Gauge::default(),
+            event_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("wgmesh_operator");
         r.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -55,6 +57,11 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
+        );
+        r.register(
+            "event_failures",
+            "Events that could not be published (best effort: the turn still succeeds)",
+            m.event_failures.clone(),
         );
         m
     }
@@ -73,6 +80,11 @@ impl Metrics {
     /// Counts one successful write (`apply`, `status`, `delete`, `event`).
     pub fn write(&self, op: &str) {
         self.writes.get_or_create(&OpLabel { op: op.into() }).inc();
+    }
+
+    /// Counts an Event the API server did not take.
+    pub fn event_failed(&self) {
+        self.event_failures.inc();
     }
 
     /// Records how many members are valid and invalid.

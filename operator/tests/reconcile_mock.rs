@@ -57,7 +57,12 @@ fn any_peer() -> Value {
 
 /// Answers every request like the API server would and records it; stops when the client is
 /// dropped or nothing arrives for a while.
-async fn api_server(mut handle: Handle) -> Vec<Seen> {
+async fn api_server(handle: Handle) -> Vec<Seen> {
+    api_server_refusing_events(handle, false).await
+}
+
+/// As `api_server`; with `refuse_events`, every Event is refused as invalid (422).
+async fn api_server_refusing_events(mut handle: Handle, refuse_events: bool) -> Vec<Seen> {
     let mut seen = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await;
@@ -81,8 +86,17 @@ async fn api_server(mut handle: Handle) -> Vec<Seen> {
         } else {
             any_peer()
         };
+        let refused = refuse_events && uri.contains("/events");
+        let (reply, code) = if refused {
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "reason": "Invalid", "code": 422, "metadata": {},
+                "message": "Event \"x\" is invalid: metadata.name: must be no more than 253 characters"});
+            (status, StatusCode::UNPROCESSABLE_ENTITY)
+        } else {
+            (reply, StatusCode::OK)
+        };
         let mut resp = Response::new(Body::from(serde_json::to_vec(&reply).unwrap_or_default()));
-        *resp.status_mut() = StatusCode::OK;
+        *resp.status_mut() = code;
         send.send_response(resp);
         seen.push(Seen {
             method,
@@ -308,6 +322,30 @@ async fn invalid_peer_sends_status_and_a_warning_event() {
         .as_str()
         .unwrap_or_default()
         .contains("already used by peer node-a"));
+}
+
+#[tokio::test]
+async fn a_refused_event_does_not_fail_the_turn() {
+    let nodes = two_nodes();
+    let mut observed = synced(&nodes, &[]);
+    observed.push(external("dup", &key(1), Some("203.0.113.9:51820"), &["172.20.0.0/16"], 5));
+    let (mut ctx, handle) = context();
+    let server = tokio::spawn(api_server_refusing_events(handle, true));
+    let nodes: Vec<Arc<Node>> = nodes.into_iter().map(Arc::new).collect();
+    let peers: Vec<Arc<WireGuardPeer>> = observed.into_iter().map(Arc::new).collect();
+    let result = reconcile_once(&mut ctx, &nodes, &peers, ts(NOW).0, &|| true).await;
+    drop(ctx);
+    let seen = server.await.unwrap_or_default();
+    // The status went out and the Event was tried; its refusal leaves the turn a success, so
+    // the next change is not held back by the error backoff.
+    assert_eq!(
+        requests(&seen),
+        [
+            req("PATCH", &format!("{PEERS}/dup/status{APPLY_QUERY}")),
+            req("POST", "/apis/events.k8s.io/v1/namespaces/default/events?"),
+        ]
+    );
+    assert!(result.is_ok(), "{result:?}");
 }
 
 #[tokio::test]
