@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -162,6 +163,8 @@ fn document_problems(inp: &Inputs) -> Vec<String> {
             "Deployment" => typed::<Deployment>(&d.value),
             "DaemonSet" => typed::<DaemonSet>(&d.value),
             "CustomResourceDefinition" => typed::<CustomResourceDefinition>(&d.value),
+            "ValidatingAdmissionPolicy" => typed::<ValidatingAdmissionPolicy>(&d.value),
+            "ValidatingAdmissionPolicyBinding" => typed::<ValidatingAdmissionPolicyBinding>(&d.value),
             "WireGuardPeer" => {
                 let want = <WireGuardPeer as kube::Resource>::api_version(&());
                 if d.value["apiVersion"] == *want {
