@@ -134,6 +134,8 @@ fn values_reach_their_fields() {
         "--set", "node.logLevel=debug",
         "--set", "operator.replicas=3",
         "--set", "node.nftGuard=false",
+        "--set", "node.mtu=1380",
+        "--set", "node.underlayInterface=bond0.7",
     ])
     .unwrap_or_else(|e| panic!("helm template: {e}"));
     let ds = "DaemonSet/mesh/wgmesh-node";
@@ -147,6 +149,14 @@ fn values_reach_their_fields() {
     assert!(args.contains(&"--cluster-cidr=$(WGMESH_CLUSTER_CIDR)") && args.contains(&"--cluster-cidr=fd00:42::/56"), "{args:?}");
     assert!(args.contains(&"--interface=wgm1") && args.contains(&"--http-addr=0.0.0.0:9700"), "{args:?}");
     assert!(args.contains(&"--no-nft-guard"), "{args:?}");
+    // the wg link's MTU and the pods' come from the same two values
+    for c in ["agent", "install-cni", "watch-cni"] {
+        let a: Vec<&str> = container(&objs, ds, c)["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(a.contains(&"--mtu=1380") && a.contains(&"--underlay-interface=bond0.7"), "{c}: {a:?}");
+    }
+    // and they parse as what the programs take
+    let installer: Vec<String> = container(&objs, ds, "watch-cni")["args"].as_array().unwrap().iter().filter_map(|v| v.as_str().map(String::from)).collect();
+    assert!(wgmesh_cni::cli::parse(&installer).is_ok(), "{installer:?}");
     assert_eq!(agent["ports"][0]["containerPort"], json!(9700));
     assert_eq!(env(agent, "RUST_LOG"), json!("debug"));
     assert_eq!(container(&objs, tds, "tunnel")["args"], json!(["--foreground", "wgm1"]));
@@ -179,6 +189,8 @@ fn bad_values_are_refused_naming_the_value() {
         (Some("node.nftGuard=maybe"), "node.nftGuard"),
         (Some("operator.replicas=0"), "operator.replicas"),
         (Some("images.node="), "images.node"),
+        (Some("node.mtu=1000"), "node.mtu"),
+        (Some("node.underlayInterface=eth0;reboot"), "node.underlayInterface"),
     ] {
         // None: no values at all; otherwise one bad value on top of a valid cluster CIDR.
         let cidrs = format!("clusterCIDRs={{{CIDR}}}");

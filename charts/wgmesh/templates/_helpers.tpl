@@ -3,6 +3,14 @@
 {{- first .Values.clusterCIDRs -}}
 {{- end -}}
 
+{{/* node.mtu / node.underlayInterface, for the agent and the CNI installer alike: the wg link and the pods must agree. */}}
+{{- define "wgmesh.mtuArgs" -}}
+{{- $args := list -}}
+{{- with .Values.node.mtu }}{{ $args = append $args (printf "- --mtu=%d" (int .)) }}{{ end -}}
+{{- with .Values.node.underlayInterface }}{{ $args = append $args (printf "- --underlay-interface=%s" .) }}{{ end -}}
+{{- join "\n" $args -}}
+{{- end -}}
+
 {{/* 2^n as a decimal string (sprig has no pow); callers atoi it. */}}
 {{- define "wgmesh.pow2" -}}
 {{- $p := 1 -}}
