@@ -167,7 +167,8 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
 
 /// Applies the peer part of a request in the kernel's order per peer: remove, preshared key,
 /// endpoint, replace allowed IPs, allowed IPs, persistent keepalive, then staged packets.
-/// The device part (private key, and the port and mark the shell owns) comes first.
+/// The device part comes first, as in the kernel: (port and mark, in the shell), the peers'
+/// replacement, then the private key, so a new key never starts handshakes to doomed peers.
 /// Stops at a `rotate_public_key` naming ourselves or another peer (EEXIST), as the kernel
 /// stops at its first error: what came before stays applied.
 pub fn apply<R: RngCore + CryptoRng>(
@@ -176,13 +177,13 @@ pub fn apply<R: RngCore + CryptoRng>(
     now: Clock,
     out: &mut impl Output,
 ) -> Result<(), UapiError> {
+    if req.replace_peers {
+        dev.remove_all_peers();
+    }
     match req.private_key {
         Some(Some(k)) if req.keep_sessions => dev.rotate_private_key(k, now, out),
         Some(k) => dev.set_private_key(k, now, out),
         None => {}
-    }
-    if req.replace_peers {
-        dev.remove_all_peers();
     }
     for p in req.peers {
         let Some(pk) = p.public_key else { continue };

@@ -111,6 +111,22 @@ fn set_semantics_remove_update_only_replace() {
 }
 
 #[test]
+fn replace_peers_goes_before_a_new_private_key_as_in_the_kernel() {
+    // A packet waits for a key; the request that brings the key also drops every peer.
+    let mut net = Net::new(2);
+    set(&mut net, 0, &format!("private_key={}", "0".repeat(64))).unwrap();
+    net.ping(0, 1);
+    let before = net.log.len();
+    let req = uapi::parse_set([format!("private_key={}", "11".repeat(32)), "replace_peers=true".into()].iter().map(String::as_str)).unwrap();
+    let (now, mut c) = (net.clock, Collect::default());
+    uapi::apply(&mut net.devs[0], req, now, &mut c).unwrap();
+    // The kernel removes the peers first: no initiation leaves for a peer that is gone.
+    assert!(c.sent.is_empty(), "{} datagrams sent", c.sent.len());
+    assert_eq!(net.log.len(), before);
+    assert!(net.devs[0].peer_ids().is_empty() && net.devs[0].private_key().is_some());
+}
+
+#[test]
 fn a_rejected_request_changes_nothing() {
     let mut net = Net::new(2);
     let before = uapi::get(&net.devs[0], 0, 0);
