@@ -13,4 +13,3 @@ pub mod plugin;
 pub mod protocol;
 pub mod readiness;
 pub mod result;
-pub mod underlay;

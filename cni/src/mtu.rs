@@ -3,7 +3,7 @@
 
 use std::io::ErrorKind;
 
-use crate::{config::PluginConfig, config::MTU_RANGE, error::CniError, link::LinkSocket, underlay};
+use crate::{config::PluginConfig, config::MTU_RANGE, error::CniError, link::LinkSocket};
 
 /// WireGuard's worst-case overhead: IPv6 outer header 40 + UDP 8 + WireGuard 32.
 /// Moves to the api crate with the readiness path.
@@ -27,9 +27,13 @@ pub fn mesh_mtu(config: &PluginConfig, host: &LinkSocket) -> Result<MeshMtu, Cni
     }
     let candidates = match &config.underlay_interface {
         Some(name) => vec![name.clone()],
-        None => underlay::default_route_interfaces().map_err(|e| {
-            CniError::UnderlayUnknown(format!("cannot read the routing table: {e}"))
-        })?,
+        // The node agent reads the same links for the wg interface's MTU (wgmesh-rtnl).
+        None => wgmesh_rtnl::Netlink::new()
+            .and_then(|mut nl| nl.underlay_links(None))
+            .map_err(|e| CniError::UnderlayUnknown(format!("cannot read the routing table: {e}")))?
+            .into_iter()
+            .map(|l| l.name)
+            .collect(),
     };
     if candidates.is_empty() {
         return Err(CniError::UnderlayUnknown(

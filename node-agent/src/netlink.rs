@@ -1,14 +1,10 @@
-//! Synchronous rtnetlink (NETLINK_ROUTE) for what the agent touches: the wg link (MTU, up,
-//! addresses), the routes of its table, its policy rules, and the underlay MTU. One request
-//! and its reply at a time; the agent's loop is single-threaded.
+//! What the agent asks of rtnetlink: the wg link (MTU, up, addresses), the routes of its table
+//! and its policy rules. The socket, links and the underlay are the shared `wgmesh-rtnl`'s.
 
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
@@ -18,28 +14,12 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use wgmesh_api::IpCidr;
 
 use crate::routes::{Route, RouteKind, Rule};
 
-const RT_TABLE_MAIN: u32 = 254;
-
-/// A link as the agent needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    pub mtu: u32,
-    pub up: bool,
-}
-
-/// One rtnetlink socket.
-pub struct Netlink {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
+pub use wgmesh_rtnl::Link;
+use wgmesh_rtnl::{is_errno, route_table};
 
 fn family(ip: &IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
@@ -49,91 +29,26 @@ fn family(ip: &IpAddr) -> AddressFamily {
     }
 }
 
-fn is_errno(e: &io::Error, errno: i32) -> bool {
-    e.raw_os_error() == Some(errno)
+/// The agent's requests on top of the shared socket (whose `links`, `underlay_mtu` and
+/// `request` it reaches through `Deref`).
+pub struct Netlink(wgmesh_rtnl::Netlink);
+
+impl std::ops::Deref for Netlink {
+    type Target = wgmesh_rtnl::Netlink;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Netlink {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Netlink {
     pub fn new() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Netlink {
-            sock,
-            seq: 0,
-            buf: vec![0; 256 * 1024],
-        })
-    }
-
-    /// Sends one request and collects the reply: every message of a dump, or the ack.
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        nl.finalize();
-        let mut out = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut replies = Vec::new();
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let bytes = self.buf.get(offset..n).unwrap_or_default();
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
-                })?;
-                let len = m.header.length as usize;
-                let seq = m.header.sequence_number;
-                if seq == self.seq {
-                    match m.payload {
-                        NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::Error(e) => {
-                            if e.code.is_some() {
-                                return Err(e.to_io());
-                            }
-                            // an ack ends a non-dump request
-                            if !dump {
-                                return Ok(replies);
-                            }
-                        }
-                        NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                offset += (len + 3) & !3;
-            }
-        }
-    }
-
-    /// All links.
-    pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let replies = self.request(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
-                _ => None,
-            })
-            .collect())
-    }
-
-    /// The link called `name`, if it exists.
-    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
-        Ok(self.links()?.into_iter().find(|l| l.name == name))
+        wgmesh_rtnl::Netlink::new().map(Netlink)
     }
 
     /// Sets MTU (if given) and brings the link up.
@@ -218,20 +133,6 @@ impl Netlink {
         let m = Self::address_message(index, ip, prefix);
         self.request(RouteNetlinkMessage::DelAddress(m), NLM_F_ACK)
             .map(drop)
-    }
-
-    fn all_routes(&mut self) -> io::Result<Vec<RouteMessage>> {
-        let mut out = Vec::new();
-        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut m = RouteMessage::default();
-            m.header.address_family = fam;
-            let replies = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
-            out.extend(replies.into_iter().filter_map(|r| match r {
-                RouteNetlinkMessage::NewRoute(r) => Some(r),
-                _ => None,
-            }));
-        }
-        Ok(out)
     }
 
     /// Our routes in `table`: those carrying [`PROTOCOL`]. Another program's routes there
@@ -329,69 +230,15 @@ impl Netlink {
         }
     }
 
-    /// Smallest MTU of the links holding a default route in `main` (the underlay, every
-    /// nexthop of a multipath one), skipping `exclude` (our own interface); `None` without one.
-    pub fn underlay_mtu(&mut self, exclude: Option<u32>) -> io::Result<Option<u32>> {
-        let oifs: Vec<u32> = self
-            .all_routes()?
-            .iter()
-            .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.destination_prefix_length == 0)
-            .filter(|r| r.header.kind == RouteType::Unicast)
-            // A multipath (ECMP) default names its links in the nexthops, not in RTA_OIF.
-            .flat_map(|r| {
-                r.attributes.iter().flat_map(|a| match a {
-                    RouteAttribute::Oif(i) => vec![*i],
-                    RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
-                    _ => Vec::new(),
-                })
-            })
-            .filter(|i| Some(*i) != exclude)
-            .collect();
-        let links = self.links()?;
-        Ok(links
-            .iter()
-            .filter(|l| oifs.contains(&l.index))
-            .map(|l| l.mtu)
-            .min())
-    }
-
     /// MTU of the link called `name`.
     pub fn link_mtu(&mut self, name: &str) -> io::Result<Option<u32>> {
         Ok(self.link(name)?.map(|l| l.mtu))
     }
 }
 
-fn link_of(l: &LinkMessage) -> Link {
-    let mut name = String::new();
-    let mut mtu = 0;
-    for a in &l.attributes {
-        match a {
-            LinkAttribute::IfName(n) => name = n.clone(),
-            LinkAttribute::Mtu(m) => mtu = *m,
-            _ => {}
-        }
-    }
-    Link {
-        index: l.header.index,
-        name,
-        mtu,
-        up: l.header.flags.contains(LinkFlags::Up),
-    }
-}
-
 /// The route and rule protocol that marks what the agent installed (`ip route show proto 87`);
 /// unassigned in iproute2's rt_protos.
 pub const PROTOCOL: u8 = 87;
-
-fn route_table(r: &RouteMessage) -> u32 {
-    r.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(r.header.table))
-}
 
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {

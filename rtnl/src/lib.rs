@@ -1,0 +1,188 @@
+//! Synchronous rtnetlink (NETLINK_ROUTE): one request and its reply at a time, for the node
+//! agent's single control loop and the CNI plugin's one lookup. Both find the underlay here, so
+//! the wg link's MTU (agent) and the pods' (plugin) come from the same reading of the kernel.
+
+use std::io;
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+pub use netlink_packet_core;
+pub use netlink_packet_route;
+
+pub const RT_TABLE_MAIN: u32 = 254;
+
+/// A link as the callers need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// One rtnetlink socket.
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+pub fn is_errno(e: &io::Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
+}
+
+impl Netlink {
+    pub fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink { sock, seq: 0, buf: vec![0; 256 * 1024] })
+    }
+
+    /// Sends one request and collects the reply: every message of a dump, or the ack.
+    pub fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let bytes = self.buf.get(offset..n).unwrap_or_default();
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
+                })?;
+                let len = m.header.length as usize;
+                let seq = m.header.sequence_number;
+                if seq == self.seq {
+                    match m.payload {
+                        NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::Error(e) => {
+                            if e.code.is_some() {
+                                return Err(e.to_io());
+                            }
+                            // an ack ends a non-dump request
+                            if !dump {
+                                return Ok(replies);
+                            }
+                        }
+                        NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += (len + 3) & !3;
+            }
+        }
+    }
+
+    /// All links.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, if it exists.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Every route of every table, both families.
+    pub fn all_routes(&mut self) -> io::Result<Vec<RouteMessage>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            let replies = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+            out.extend(replies.into_iter().filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The links holding a unicast default route in `main`, IPv4 or IPv6, every nexthop of a
+    /// multipath one; without `exclude` (our own interface). Other tables (wg-quick's 51820, an
+    /// exit node's) and blackhole or unreachable defaults are not the underlay.
+    pub fn underlay_links(&mut self, exclude: Option<u32>) -> io::Result<Vec<Link>> {
+        let oifs: Vec<u32> = self
+            .all_routes()?
+            .iter()
+            .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.destination_prefix_length == 0)
+            .filter(|r| r.header.kind == RouteType::Unicast)
+            // A multipath (ECMP) default names its links in the nexthops, not in RTA_OIF.
+            .flat_map(|r| {
+                r.attributes.iter().flat_map(|a| match a {
+                    RouteAttribute::Oif(i) => vec![*i],
+                    RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
+                    _ => Vec::new(),
+                })
+            })
+            .filter(|i| Some(*i) != exclude)
+            .collect();
+        Ok(self.links()?.into_iter().filter(|l| oifs.contains(&l.index)).collect())
+    }
+
+    /// Smallest MTU of the underlay links (see [`Netlink::underlay_links`]); `None` without one.
+    pub fn underlay_mtu(&mut self, exclude: Option<u32>) -> io::Result<Option<u32>> {
+        Ok(self.underlay_links(exclude)?.iter().map(|l| l.mtu).min())
+    }
+}
+
+fn link_of(l: &LinkMessage) -> Link {
+    let mut name = String::new();
+    let mut mtu = 0;
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            _ => {}
+        }
+    }
+    Link {
+        index: l.header.index,
+        name,
+        mtu,
+        up: l.header.flags.contains(LinkFlags::Up),
+    }
+}
+
+/// The route's table (RTA_TABLE; the header's byte holds only tables below 256).
+pub fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
