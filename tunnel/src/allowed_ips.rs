@@ -30,16 +30,12 @@ impl<T: Copy + PartialEq> Trie<T> {
 
     fn alloc(&mut self) -> u32 {
         let n = Node { child: [NONE; 2], value: None };
-        match self.free.pop() {
-            Some(i) => {
-                self.nodes[i as usize] = n;
-                i
-            }
-            None => {
-                self.nodes.push(n);
-                (self.nodes.len() - 1) as u32
-            }
+        if let Some(i) = self.free.pop() {
+            self.nodes[i as usize] = n;
+            return i;
         }
+        self.nodes.push(n);
+        (self.nodes.len() - 1) as u32
     }
 
     fn insert(&mut self, key: u128, len: u8, value: T) -> Option<T> {
@@ -71,11 +67,6 @@ impl<T: Copy + PartialEq> Trie<T> {
             path.push(at);
         }
         Some(path)
-    }
-
-    fn get(&self, key: u128, len: u8) -> Option<T> {
-        let path = self.path(key, len)?;
-        self.nodes[*path.last()? as usize].value
     }
 
     /// Removes the prefix if `owner` (when given) owns it; prunes emptied branches.
@@ -174,35 +165,30 @@ impl<T: Copy + PartialEq> Default for AllowedIps<T> {
 }
 
 impl<T: Copy + PartialEq> AllowedIps<T> {
-    fn trie(&mut self, ip: IpAddr) -> (&mut Trie<T>, u128) {
+    /// The family's trie, the key, and `cidr` clamped to the address length.
+    fn trie(&mut self, ip: IpAddr, cidr: u8) -> (&mut Trie<T>, u128, u8) {
         // Every mutation goes through here: forget the cached lookup.
         self.last.set(None);
-        match ip {
+        let (trie, key) = match ip {
             IpAddr::V4(a) => (&mut self.v4, u32::from(a) as u128),
             IpAddr::V6(a) => (&mut self.v6, u128::from(a)),
-        }
+        };
+        let len = cidr.min(trie.bits);
+        (trie, key, len)
     }
 
     /// Adds `ip/cidr` for `value`, taking it from any other owner; returns the previous owner.
     /// A `cidr` longer than the address is clamped to it.
     pub fn insert(&mut self, ip: IpAddr, cidr: u8, value: T) -> Option<T> {
-        let (trie, key) = self.trie(ip);
-        let len = cidr.min(trie.bits);
+        let (trie, key, len) = self.trie(ip, cidr);
         trie.insert(key, len, value)
     }
 
     /// Removes `ip/cidr` only if `value` owns it (UAPI `allowed_ip=-…`).
     pub fn remove(&mut self, ip: IpAddr, cidr: u8, value: T) -> bool {
-        let (trie, key) = self.trie(ip);
         // Only the top `len` bits are walked, so host bits need no masking.
-        let len = cidr.min(trie.bits);
+        let (trie, key, len) = self.trie(ip, cidr);
         trie.remove(key, len, Some(value))
-    }
-
-    pub fn get(&mut self, ip: IpAddr, cidr: u8) -> Option<T> {
-        let (trie, key) = self.trie(ip);
-        let len = cidr.min(trie.bits);
-        trie.get(key, len)
     }
 
     /// Removes every prefix owned by `value`.
@@ -214,10 +200,8 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
 
     /// Longest-prefix match.
     pub fn lookup(&self, ip: IpAddr) -> Option<T> {
-        if let Some((last, v)) = self.last.get() {
-            if last == ip {
-                return v;
-            }
+        if let Some((_, v)) = self.last.get().filter(|(last, _)| *last == ip) {
+            return v;
         }
         let v = match ip {
             IpAddr::V4(a) => self.v4.lookup(u32::from(a) as u128),
@@ -231,9 +215,5 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
     pub fn for_each(&self, mut f: impl FnMut(IpAddr, u8, T)) {
         self.v4.walk(&mut |k, l, v| f(IpAddr::V4(Ipv4Addr::from(k as u32)), l, v));
         self.v6.walk(&mut |k, l, v| f(IpAddr::V6(Ipv6Addr::from(k)), l, v));
-    }
-
-    pub fn clear(&mut self) {
-        *self = Self::default();
     }
 }

@@ -140,8 +140,4 @@ impl CookieState {
         self.last_mac1 = None;
         true
     }
-
-    pub fn has_cookie(&self, now: Duration) -> bool {
-        self.cookie.is_some_and(|(_, birth)| now < birth + COOKIE_USE_LIMIT)
-    }
 }

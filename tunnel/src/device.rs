@@ -343,16 +343,11 @@ impl<R: RngCore + CryptoRng> Device<R> {
         let mut peer = Box::new(Peer::new(key, self.identity.as_ref()));
         peer.serial = self.next_serial;
         self.next_serial += 1;
-        let id = match self.free_ids.pop() {
-            Some(id) => {
-                self.peers[id] = Some(peer);
-                id
-            }
-            None => {
-                self.peers.push(Some(peer));
-                self.peers.len() - 1
-            }
-        };
+        let id = self.free_ids.pop().unwrap_or_else(|| {
+            self.peers.push(None);
+            self.peers.len() - 1
+        });
+        self.peers[id] = Some(peer);
         self.by_key.insert(key, id);
         Some(id)
     }
@@ -413,11 +408,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
 
     /// Sends what is staged for a peer (after a config change brought it an endpoint).
     pub fn flush_staged(&mut self, id: PeerId, now: Clock, out: &mut impl Output) {
-        self.with_peer(id, |dev, p| {
-            if !p.staged.is_empty() {
-                dev.send_staged(p, id, None, now, out);
-            }
-        });
+        self.with_peer(id, |dev, p| dev.send_staged(p, id, None, now, out));
     }
 
     /// How many receiver indices are live (handshakes plus keypairs); for tests and metrics.
@@ -573,7 +564,6 @@ impl<R: RngCore + CryptoRng> Device<R> {
     fn respond(&mut self, peer: &mut Peer, id: PeerId, now: Clock, out: &mut impl Output) {
         peer.last_sent_handshake = Some(now.mono);
         let index = self.new_handshake_index(peer, id);
-        peer.handshake.local_index = Some(index);
         let mut m = [0u8; msg::RESPONSE_LEN];
         let Some(session) = peer.handshake.create_response(index, &mut self.rng, &mut m) else {
             self.index.remove(index);
@@ -861,14 +851,11 @@ impl<R: RngCore + CryptoRng> Device<R> {
     /// Transport data, in the kernel's order: keypair, decrypt, replay, key confirmation,
     /// roaming, timers, keepalive check, inner length, source check, deliver.
     fn receive_data(&mut self, from: SocketAddr, d: &mut [u8], now: Clock, out: &mut impl Output) -> Outcome {
-        let job = match self.begin_data(d, now) {
-            Ok(j) => j,
-            Err(o) => return o,
-        };
-        if !open_data(&job.key, job.counter, d) {
-            return Outcome::Dropped(Drop::InvalidAuthentication);
+        match self.begin_data(d, now) {
+            Ok(job) if open_data(&job.key, job.counter, d) => self.finish_data(from, &job, d, now, out),
+            Ok(_) => Outcome::Dropped(Drop::InvalidAuthentication),
+            Err(o) => o,
         }
-        self.finish_data(from, &job, d, now, out)
     }
 
     /// The checks before decryption: a live keypair for the index, not expired, counter not

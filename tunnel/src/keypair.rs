@@ -134,9 +134,7 @@ impl Keypairs {
         if kp.is_initiator {
             // Confirmed by the response: usable at once. A pending next becomes previous.
             if let Some(next) = self.next.take() {
-                let old_prev = self.previous.replace(next);
-                let old_cur = self.current.replace(kp);
-                [old_prev, old_cur]
+                [self.previous.replace(next), self.current.replace(kp)]
             } else {
                 let old_prev = std::mem::replace(&mut self.previous, self.current.take());
                 self.current = Some(kp);

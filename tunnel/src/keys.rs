@@ -112,10 +112,7 @@ impl PrivateKey {
     /// DH(self, peer); `None` when the result is all zero, i.e. the peer key is of low order.
     pub fn dh(&self, peer: &[u8; 32]) -> Option<Secret> {
         let shared = self.0.diffie_hellman(&DalekPublic::from(*peer));
-        if !shared.was_contributory() {
-            return None;
-        }
-        Some(Zeroizing::new(shared.to_bytes()))
+        shared.was_contributory().then(|| Zeroizing::new(shared.to_bytes()))
     }
 }
 

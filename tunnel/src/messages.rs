@@ -83,15 +83,11 @@ pub fn classify(packet: &[u8]) -> Option<Kind> {
 }
 
 pub fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(w)
+    u32::from_le_bytes(array_at(b, off))
 }
 
 pub fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(w)
+    u64::from_le_bytes(array_at(b, off))
 }
 
 pub fn array_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {

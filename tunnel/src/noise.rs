@@ -159,8 +159,7 @@ impl Handshake {
         msg::put_u32(out, 0, msg::INITIATION);
         msg::put_u32(out, ini::SENDER, local_index);
         out[ini::EPHEMERAL..ini::STATIC].copy_from_slice(&eph_pub.0);
-        let [c] = kdf::<1>(&ck, &eph_pub.0);
-        ck = c;
+        [ck] = kdf::<1>(&ck, &eph_pub.0);
         h = hash(&[&h, &eph_pub.0]);
         // 3. (C, k) = KDF2(C, DH(E_i, S_r_pub)); msg.static = AEAD(k, 0, S_i_pub, H); H = HASH(H ‖ msg.static)
         let Some(k) = mix_dh(&mut ck, eph.dh(&self.remote_static.0)) else {
@@ -194,8 +193,7 @@ impl Handshake {
         let mut h = hash(&[h0, &identity.public.0]);
         // 2. C = KDF1(C, E_i_pub); H = HASH(H ‖ E_i_pub)
         let e: [u8; 32] = msg::array_at(m, ini::EPHEMERAL);
-        let [c] = kdf::<1>(&ck, &e);
-        ck = c;
+        [ck] = kdf::<1>(&ck, &e);
         h = hash(&[&h, &e]);
         // 3. (C, k) = KDF2(C, DH(S_r, E_i_pub)); S_i_pub = AEAD-Open(k, 0, msg.static, H); H = HASH(H ‖ msg.static)
         let k = mix_dh(&mut ck, identity.private.dh(&e))?;
@@ -213,10 +211,8 @@ impl Handshake {
         let Some(ss) = self.static_static.as_ref() else {
             return false;
         };
-        let mut ck = p.chaining_key;
         // 4. (C, k) = KDF2(C, DH(S_r, S_i_pub)); t = AEAD-Open(k, 0, msg.timestamp, H); H = HASH(H ‖ msg.timestamp)
-        let [c, k] = kdf::<2>(&ck, &**ss);
-        ck = c;
+        let [ck, k] = kdf::<2>(&p.chaining_key, &**ss);
         let mut ts: [u8; 28] = msg::array_at(m, ini::TIMESTAMP);
         if !crypto::open(&k, 0, &p.hash, &mut ts) {
             return false;
@@ -260,16 +256,11 @@ impl Handshake {
         msg::put_u32(out, rsp::SENDER, local_index);
         msg::put_u32(out, rsp::RECEIVER, self.remote_index);
         out[rsp::EPHEMERAL..rsp::EMPTY].copy_from_slice(&eph_pub.0);
-        let [c] = kdf::<1>(&ck, &eph_pub.0);
-        ck = c;
+        [ck] = kdf::<1>(&ck, &eph_pub.0);
         h = hash(&[&h, &eph_pub.0]);
         // 8. C = KDF1(C, DH(E_r, E_i_pub)); C = KDF1(C, DH(E_r, S_i_pub))
-        let ee = eph.dh(&self.remote_ephemeral)?;
-        let [c] = kdf::<1>(&ck, &*ee);
-        ck = c;
-        let se = eph.dh(&self.remote_static.0)?;
-        let [c] = kdf::<1>(&ck, &*se);
-        ck = c;
+        [ck] = kdf::<1>(&ck, &*eph.dh(&self.remote_ephemeral)?);
+        [ck] = kdf::<1>(&ck, &*eph.dh(&self.remote_static.0)?);
         // 9. (C, τ, k) = KDF3(C, Q); H = HASH(H ‖ τ)
         let [c, tau, k] = kdf::<3>(&ck, &*self.preshared_key.0);
         ck = c;
@@ -294,16 +285,11 @@ impl Handshake {
         let mut h = self.hash;
         // 7. C = KDF1(C, E_r_pub); H = HASH(H ‖ E_r_pub)
         let e: [u8; 32] = msg::array_at(m, rsp::EPHEMERAL);
-        let [c] = kdf::<1>(&ck, &e);
-        ck = c;
+        [ck] = kdf::<1>(&ck, &e);
         h = hash(&[&h, &e]);
         // 8. C = KDF1(C, DH(E_i, E_r_pub)); C = KDF1(C, DH(S_i, E_r_pub))
-        let ee = eph.dh(&e)?;
-        let [c] = kdf::<1>(&ck, &*ee);
-        ck = c;
-        let se = identity.private.dh(&e)?;
-        let [c] = kdf::<1>(&ck, &*se);
-        ck = c;
+        [ck] = kdf::<1>(&ck, &*eph.dh(&e)?);
+        [ck] = kdf::<1>(&ck, &*identity.private.dh(&e)?);
         // 9. (C, τ, k) = KDF3(C, Q); H = HASH(H ‖ τ)
         let [c, tau, k] = kdf::<3>(&ck, &*self.preshared_key.0);
         ck = c;

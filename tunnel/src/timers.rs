@@ -60,11 +60,7 @@ impl Timers {
     /// Disarms `t` and says so if it is due at `now`. Asked timer by timer, in the kernel's
     /// handler order, after the previous handler ran: one it disarmed does not fire (del_timer).
     pub fn take_due(&mut self, t: Timer, now: Duration) -> bool {
-        let due = self.deadline[t as usize].is_some_and(|d| d <= now);
-        if due {
-            self.deadline[t as usize] = None;
-        }
-        due
+        self.deadline[t as usize].take_if(|d| *d <= now).is_some()
     }
 
     /// An authenticated data packet (not a keepalive) was sent.
