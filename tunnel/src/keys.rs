@@ -29,6 +29,15 @@ fn decode_base64(s: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     }
 }
 
+/// A secret's hex, encoded on the stack into one exact allocation: no growth frees a copy.
+fn secret_hex(b: &[u8; 32]) -> Zeroizing<String> {
+    let mut buf = Zeroizing::new([0u8; 64]);
+    let _ = hex::encode_to_slice(b, &mut *buf);
+    let mut s = Zeroizing::new(String::with_capacity(64));
+    s.push_str(std::str::from_utf8(&*buf).unwrap_or_default());
+    s
+}
+
 fn decode_hex(s: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let mut out = Zeroizing::new([0u8; 32]);
     if s.len() != 64 || hex::decode_to_slice(s, &mut *out).is_err() {
@@ -104,7 +113,7 @@ impl PrivateKey {
         Zeroizing::new(STANDARD.encode(self.0.as_bytes()))
     }
     pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(self.0.as_bytes()))
+        secret_hex(self.0.as_bytes())
     }
     pub fn public_key(&self) -> PublicKey {
         PublicKey(DalekPublic::from(&self.0).to_bytes())
@@ -145,7 +154,7 @@ impl PresharedKey {
         decode_hex(s).map(Self)
     }
     pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(*self.0))
+        secret_hex(&self.0)
     }
     pub fn is_zero(&self) -> bool {
         self.0.iter().all(|b| *b == 0)

@@ -8,11 +8,12 @@ use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use rand_core::{CryptoRng, RngCore};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use zeroize::Zeroizing;
 
 /// UAPI errors travel as negative errno values, as wireguard-go and `wg` expect.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UapiError {
-    #[error("line without '=': {0:?}")]
+    #[error("a line without '=' ({0})")]
     Protocol(String),
     #[error("invalid value for {key}: {value:?}")]
     Invalid { key: String, value: String },
@@ -39,6 +40,8 @@ impl UapiError {
 }
 
 fn invalid(key: &str, value: &str) -> UapiError {
+    // Errors are logged: a mistyped key must not reach the log.
+    let value = if key.ends_with("private_key") || key == "preshared_key" { "(redacted)" } else { value };
     UapiError::Invalid { key: key.into(), value: value.into() }
 }
 
@@ -109,7 +112,8 @@ fn parse_prefix(v: &str) -> Option<(IpAddr, u8)> {
 pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequest, UapiError> {
     let mut req = SetRequest::default();
     for line in lines {
-        let (key, value) = line.split_once('=').ok_or_else(|| UapiError::Protocol(line.into()))?;
+        // Not echoed: a line without '=' may be a bare key pasted in.
+        let (key, value) = line.split_once('=').ok_or_else(|| UapiError::Protocol(format!("{} bytes", line.len())))?;
         if key == "public_key" {
             let pk = PublicKey::from_hex(value).map_err(|_| invalid(key, value))?;
             req.peers.push(PeerConf { public_key: Some(pk), ..Default::default() });
@@ -235,8 +239,13 @@ pub fn apply<R: RngCore + CryptoRng>(
 }
 
 /// The `get=1` answer, in wireguard-go's order, ending with `errno=0` and a blank line.
-pub fn get<R: RngCore + CryptoRng>(dev: &Device<R>, listen_port: u16, fwmark: u32) -> String {
-    let mut s = String::new();
+pub fn get<R: RngCore + CryptoRng>(dev: &Device<R>, listen_port: u16, fwmark: u32) -> Zeroizing<String> {
+    // One walk of the tries, grouped by peer: no per-peer scan of 100k prefixes.
+    let mut ips: std::collections::HashMap<usize, Vec<(IpAddr, u8)>> = Default::default();
+    dev.allowed_ips.for_each(|ip, len, id| ips.entry(id).or_default().push((ip, len)));
+    // Keys pass through this text: its room is taken once (a growth frees a copy), wiped on drop.
+    let room = 256 + dev.peer_ids().len() * 512 + ips.values().map(Vec::len).sum::<usize>() * 64;
+    let mut s = Zeroizing::new(String::with_capacity(room));
     if let Some(k) = dev.private_key() {
         let _ = writeln!(s, "private_key={}", k.to_hex().as_str());
     }
@@ -246,9 +255,6 @@ pub fn get<R: RngCore + CryptoRng>(dev: &Device<R>, listen_port: u16, fwmark: u3
     if fwmark != 0 {
         let _ = writeln!(s, "fwmark={fwmark}");
     }
-    // One walk of the tries, grouped by peer: no per-peer scan of 100k prefixes.
-    let mut ips: std::collections::HashMap<usize, Vec<(IpAddr, u8)>> = Default::default();
-    dev.allowed_ips.for_each(|ip, len, id| ips.entry(id).or_default().push((ip, len)));
     for id in dev.peer_ids() {
         let Some(p) = dev.peer(id) else { continue };
         let _ = writeln!(s, "public_key={}", p.public_key.to_hex());

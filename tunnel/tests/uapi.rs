@@ -34,6 +34,12 @@ fn errno_values_match_wireguard_go() {
     ] {
         assert_eq!(uapi::parse_set([peer.as_str(), bad]).unwrap_err().errno(), -22, "{bad}");
     }
+    // Errors are logged: a mistyped key, or a bare one pasted without `key=`, stays out of them.
+    let near = "ab".repeat(31) + "x";
+    for bad in [format!("private_key={near}"), format!("{peer}\npreshared_key={near}"), format!("rotate_private_key={near}"), near.clone()] {
+        let e = uapi::parse_set(bad.lines()).unwrap_err().to_string();
+        assert!(!e.contains(&near[..16]), "{e}");
+    }
     assert_eq!(UapiError::AddrInUse(String::new()).errno(), -98);
     assert_eq!(UapiError::Io(String::new()).errno(), -5);
 }
@@ -46,7 +52,7 @@ fn get_lists_everything_in_wireguard_go_order() {
     let id = net.peer(0, 1);
     let (now, mut c) = (net.clock, Collect::default());
     net.devs[0].set_persistent_keepalive(id, 25, now, &mut c);
-    let text = uapi::get(&net.devs[0], 51820, 7);
+    let text = uapi::get(&net.devs[0], 51820, 7).to_string();
     let keys: Vec<&str> = text.lines().map(|l| l.split('=').next().unwrap()).collect();
     assert_eq!(
         keys,
@@ -155,7 +161,7 @@ fn rotation_extensions_keep_the_peer_and_refuse_conflicts() {
     set(&mut net, 0, &format!("public_key={k1}\nrotate_public_key={newk}\npersistent_keepalive_interval=7")).unwrap();
     net.keys[1] = new.public_key();
     assert_eq!(net.peer(0, 1), id);
-    let got = uapi::get(&net.devs[0], 0, 0);
+    let got = uapi::get(&net.devs[0], 0, 0).to_string();
     assert!(got.contains(&format!("public_key={newk}")) && !got.contains(&format!("public_key={k1}")), "{got}");
     assert!(got.contains("persistent_keepalive_interval=7"), "settings after the rename apply to it: {got}");
     // Renaming onto another peer's key is refused with EEXIST and changes nothing more.

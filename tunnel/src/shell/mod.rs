@@ -597,7 +597,7 @@ impl Engine {
     }
 
     /// Serves one `get=1`.
-    pub fn uapi_get(&self) -> String {
+    pub fn uapi_get(&self) -> zeroize::Zeroizing<String> {
         // As after a set: a link just set up reports the port the kernel would have bound.
         let _ = self.follow_link();
         let st = self.lock();
