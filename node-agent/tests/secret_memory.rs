@@ -3,13 +3,11 @@
 //! `set` request is rendered and while a `get` reply (which carries the private key) is read.
 //! A buffer that grew (each growth frees the old copy) or one that is not wiped shows up here.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use wgmesh_api::PublicKey;
+use wgmesh_leakcheck::{contains, Watching};
 use wgmesh_node_agent::key::PrivateKey;
 use wgmesh_node_agent::plan::{PeerUpdate, UapiPlan};
 use wgmesh_node_agent::uapi_client::{socket_path, Secret32, UapiClient};
@@ -22,45 +20,14 @@ const SK_MARK: &[u8] = b"efefefefefefefefefefefefefefefef";
 /// 16 bytes of the preshared key below, as hex.
 const PSK_MARK: &[u8] = b"dfdfdfdfdfdfdfdfdfdfdfdfdfdfdfdf";
 
-static WATCH: AtomicBool = AtomicBool::new(false);
-static FOUND: AtomicUsize = AtomicUsize::new(0);
-/// One test at a time: another test's setup builds key text of its own.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Watching;
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; dealloc only reads the
-// block it is handed, which is still allocated at that point.
-unsafe impl GlobalAlloc for Watching {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if WATCH.load(Ordering::SeqCst) {
-            let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
-            if contains(block, SK_MARK) || contains(block, PSK_MARK) {
-                FOUND.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+const MARKS: &[&[u8]] = &[SK_MARK, PSK_MARK];
 
 #[global_allocator]
 static ALLOC: Watching = Watching;
 
 /// Freed blocks holding either key while `f` ran.
 fn leaks_during(f: impl FnOnce()) -> usize {
-    FOUND.store(0, Ordering::SeqCst);
-    WATCH.store(true, Ordering::SeqCst);
-    f();
-    WATCH.store(false, Ordering::SeqCst);
-    FOUND.load(Ordering::SeqCst)
+    wgmesh_leakcheck::leaks_during(MARKS, f)
 }
 
 /// Removes the fake engine's socket also when the test fails.
@@ -78,7 +45,7 @@ fn key(b: u8) -> PublicKey {
 
 #[test]
 fn a_rendered_set_request_leaves_no_key_in_freed_memory() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = wgmesh_leakcheck::serial();
     let sk = PrivateKey::from_bytes([0xef; 32]);
     // enough peers that the request grows many times after the private key line
     let update: Vec<PeerUpdate> = (1..=200u8)
@@ -103,7 +70,7 @@ fn a_rendered_set_request_leaves_no_key_in_freed_memory() {
 
 #[test]
 fn reading_a_get_reply_leaves_no_key_in_freed_memory() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = wgmesh_leakcheck::serial();
     let ifname = format!("wgmsm{}", std::process::id());
     let path = socket_path(&ifname);
     std::fs::create_dir_all(path.parent().unwrap_or_else(|| panic!("no socket dir"))).unwrap_or_else(|e| panic!("{e}"));

@@ -6,14 +6,14 @@
 
 mod lab;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lab::Lab;
+use wgmesh_leakcheck::{contains, leaks_during, Watching};
 use wgmesh_tunnel::shell::Engine;
 use zeroize::Zeroizing;
 
@@ -22,32 +22,7 @@ const SK_MARK: &[u8] = b"efefefefefefefefefefefefefefefef";
 /// 16 bytes of the preshared key [0xdf; 32] as hex.
 const PSK_MARK: &[u8] = b"dfdfdfdfdfdfdfdfdfdfdfdfdfdfdfdf";
 
-static WATCH: AtomicBool = AtomicBool::new(false);
-static FOUND: AtomicUsize = AtomicUsize::new(0);
-
-struct Watching;
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; dealloc only reads the
-// block it is handed, which is still allocated at that point.
-unsafe impl GlobalAlloc for Watching {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if WATCH.load(Ordering::SeqCst) {
-            let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
-            if contains(block, SK_MARK) || contains(block, PSK_MARK) {
-                FOUND.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+const MARKS: &[&[u8]] = &[SK_MARK, PSK_MARK];
 
 #[global_allocator]
 static ALLOC: Watching = Watching;
@@ -65,6 +40,7 @@ fn reply(s: &mut UnixStream, buf: &mut [u8]) -> usize {
 
 #[test]
 fn a_set_with_keys_and_a_get_returning_them_leave_no_key_in_freed_memory() {
+    let _one = wgmesh_leakcheck::serial();
     let mut lab = Lab::new();
     let ns = lab.ns("sec");
     let iface = format!("wgs{}", lab.id);
@@ -93,9 +69,7 @@ fn a_set_with_keys_and_a_get_returning_them_leave_no_key_in_freed_memory() {
     let mut buf = Zeroizing::new(vec![0u8; 64 * 1024]);
     let mut got = Zeroizing::new(Vec::with_capacity(64 * 1024));
 
-    FOUND.store(0, Ordering::SeqCst);
-    WATCH.store(true, Ordering::SeqCst);
-    {
+    let found = leaks_during(MARKS, || {
         let mut s = UnixStream::connect(&engine.socket_path).unwrap_or_else(|e| panic!("connect: {e}"));
         s.write_all(set.as_bytes()).unwrap_or_else(|e| panic!("write: {e}"));
         let n = reply(&mut s, &mut buf);
@@ -103,11 +77,10 @@ fn a_set_with_keys_and_a_get_returning_them_leave_no_key_in_freed_memory() {
         s.write_all(b"get=1\n\n").unwrap_or_else(|e| panic!("write: {e}"));
         let n = reply(&mut s, &mut buf);
         got.extend_from_slice(&buf[..n]);
-    }
-    // The engine's connection thread sees the end of the stream and drops its buffers.
-    std::thread::sleep(Duration::from_millis(300));
-    WATCH.store(false, Ordering::SeqCst);
-    let found = FOUND.load(Ordering::SeqCst);
+        drop(s);
+        // The engine's connection thread sees the end of the stream and drops its buffers.
+        std::thread::sleep(Duration::from_millis(300));
+    });
 
     assert!(contains(&got, SK_MARK) && contains(&got, PSK_MARK), "the get reply carries both keys");
     assert_eq!(found, 0, "freed blocks holding key text");
