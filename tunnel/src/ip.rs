@@ -28,3 +28,94 @@ pub fn source_and_len(p: &[u8]) -> Option<(IpAddr, usize)> {
         _ => None,
     }
 }
+
+/// The outer ECN field for an inner packet (RFC 6040 encapsulation, the kernel's
+/// `ip_tunnel_ecn_encap`): a copy of the inner one, CE sent as ECT(0).
+pub fn outer_ecn(p: &[u8]) -> u8 {
+    let ecn = match p.first().map(|b| b >> 4) {
+        Some(4) => p.get(1).map_or(0, |tos| tos & 3),
+        Some(6) => p.get(1).map_or(0, |b| (b >> 4) & 3),
+        _ => 0,
+    };
+    if ecn == 3 { 2 } else { ecn }
+}
+
+/// RFC 6040 decapsulation (the kernel's `INET_ECN_decapsulate`): congestion the underlay marked
+/// on the outer header (CE) reaches an ECN-capable inner packet; IPv4's checksum is updated
+/// for the one changed byte (RFC 1624).
+pub fn decap_ecn(p: &mut [u8], outer: u8) {
+    let capable = |ecn: u8| ecn == 1 || ecn == 2;
+    match p.first().map(|b| b >> 4) {
+        Some(4) if outer == 3 && p.len() >= 20 && capable(p[1] & 3) => {
+            let old = u16::from_be_bytes([p[0], p[1]]);
+            p[1] |= 3;
+            let sum = u32::from(!u16::from_be_bytes([p[10], p[11]])) + u32::from(!old) + u32::from(old | 3);
+            let sum = (sum & 0xffff) + (sum >> 16);
+            p[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+        }
+        Some(6) if outer == 3 && p.len() >= 40 && capable((p[1] >> 4) & 3) => p[1] |= 0x30,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(tos: u8) -> Vec<u8> {
+        let mut p = vec![0x45, tos, 0, 28, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        p.extend_from_slice(&[0; 8]);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn checksum(h: &[u8]) -> u16 {
+        let mut sum: u32 = h.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn v6(tc: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60 | (tc >> 4);
+        p[1] = (tc << 4) | 0x0a;
+        p
+    }
+
+    #[test]
+    fn the_outer_ecn_copies_the_inner_and_ce_goes_out_as_ect0() {
+        for (inner, outer) in [(0, 0), (1, 1), (2, 2), (3, 2)] {
+            assert_eq!(outer_ecn(&v4(0xb8 | inner)), outer, "v4 {inner}");
+            assert_eq!(outer_ecn(&v6(0xb8 | inner)), outer, "v6 {inner}");
+        }
+        assert_eq!(outer_ecn(&[]), 0);
+        assert_eq!(outer_ecn(&[0x45]), 0);
+    }
+
+    #[test]
+    fn outer_ce_marks_an_ecn_capable_inner_packet_and_keeps_its_checksum_right() {
+        for ecn in [1u8, 2] {
+            let mut p = v4(0xb8 | ecn);
+            decap_ecn(&mut p, 3);
+            assert_eq!(p[1], 0xbb, "DSCP kept, CE set");
+            let mut h = p[..20].to_vec();
+            h[10..12].fill(0);
+            assert_eq!(u16::from_be_bytes([p[10], p[11]]), checksum(&h));
+            let mut q = v6(0xb8 | ecn);
+            decap_ecn(&mut q, 3);
+            assert_eq!(((q[0] & 0x0f) << 4) | (q[1] >> 4), 0xbb);
+            assert_eq!(q[1] & 0x0f, 0x0a, "flow label kept");
+        }
+        // Not ECN-capable inside, or no CE outside, or CE already: unchanged.
+        for (inner, outer) in [(0, 3), (1, 0), (2, 1), (2, 2), (3, 3)] {
+            let (mut p, mut q) = (v4(inner), v6(inner));
+            decap_ecn(&mut p, outer);
+            decap_ecn(&mut q, outer);
+            assert_eq!((p, q), (v4(inner), v6(inner)), "inner {inner} outer {outer}");
+        }
+        decap_ecn(&mut [0x45, 2], 3);
+    }
+}

@@ -273,6 +273,51 @@ fn private_key_change_handshakes_immediately() {
     assert!(out.status.success(), "first ping after a key change must pass at once");
 }
 
+/// `tcpdump -v` lines of a capture taken in `ns` on `dev` while `f` runs.
+fn captured(lab: &Lab, ns: &str, dev: &str, filter: &str, f: impl FnOnce()) -> Vec<String> {
+    let cap = format!("/tmp/{}-{dev}.pcap", lab.id);
+    let mut dump = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "tcpdump", "--immediate-mode", "-i", dev, "-n", "-U", "-w", &cap, filter])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(800));
+    f();
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGTERM: tcpdump writes out what it holds
+    let _ = std::process::Command::new("kill").arg(dump.id().to_string()).status();
+    let _ = dump.wait();
+    let seen = run(&["tcpdump", "-r", &cap, "-n", "-v"]);
+    let _ = std::fs::remove_file(&cap);
+    String::from_utf8_lossy(&seen.stdout).lines().filter(|l| l.contains(" IP (")).map(String::from).collect()
+}
+
+#[test]
+fn ecn_is_copied_to_the_outer_header_and_congestion_marks_come_back_in_as_the_kernel_does() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1), "tunnel up");
+    let ping = |tos: &str| {
+        let out = p.lab.exec(&p.ns[0], &["ping", "-c", "3", "-i", "0.2", "-Q", tos, "192.168.241.2"]);
+        assert!(out.status.success(), "ping -Q {tos}");
+    };
+    // Out (RFC 6040, the kernel's ip_tunnel_ecn_encap): the outer ECN field copies the inner,
+    // CE leaving as ECT(0); the DSCP is not copied.
+    for (tos, outer) in [("0xb8", "tos 0x0,"), ("0x02", "tos 0x2,"), ("0xb9", "tos 0x1,"), ("0x03", "tos 0x2,")] {
+        let seen = captured(&p.lab, &p.ns[0], &p.veth.0, "udp and src port 51001 and greater 100", || ping(tos));
+        assert!(seen.len() >= 3 && seen.iter().all(|l| l.contains(outer)), "inner {tos}: {seen:?}");
+    }
+    // In: the underlay marks congestion (CE) on every datagram b receives.
+    let rule = "udp dport 51002 ip ecn set ce";
+    p.lab.exec_ok(&p.ns[1], &["nft", "add", "table", "ip", "wgtest"]);
+    p.lab.exec_ok(&p.ns[1], &["nft", "add", "chain", "ip", "wgtest", "pre", "{ type filter hook prerouting priority -300; }"]);
+    p.lab.exec_ok(&p.ns[1], &["nft", "add", "rule", "ip", "wgtest", "pre", rule]);
+    // An ECN-capable inner packet arrives marked CE; one that is not stays as it was.
+    for (tos, inner) in [("0x02", "tos 0x3,"), ("0xb9", "tos 0xbb,"), ("0xb8", "tos 0xb8,")] {
+        let seen = captured(&p.lab, &p.ns[1], &p.iface[1], "icmp[icmptype] == icmp-echo", || ping(tos));
+        assert!(seen.len() >= 3 && seen.iter().all(|l| l.contains(inner)), "inner {tos}: {seen:?}");
+    }
+}
+
 #[test]
 fn low_order_public_keys_never_send() {
     let mut lab = Lab::new();

@@ -44,11 +44,14 @@ struct Unsealed {
     padded: usize,
 }
 
+/// Destination, the source address if the send must leave from one, where it lies, and the
+/// outer ECN field.
+type Send = (SocketAddr, Option<IpAddr>, Buf, Range<usize>, u8);
+
 #[derive(Default)]
 pub struct Batch {
     bytes: Vec<u8>,
-    /// Destination, the source address if this send must leave from one, and where it lies.
-    sends: Vec<(SocketAddr, Option<IpAddr>, Buf, Range<usize>)>,
+    sends: Vec<Send>,
     /// The local address the datagram being handled arrived at: where replies leave from.
     pub reply_from: Option<IpAddr>,
     /// Remotes whose learned source address the core asked to forget.
@@ -64,7 +67,7 @@ impl Output for Batch {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
-        self.sends.push((to, None, Buf::Own, start..self.bytes.len()));
+        self.sends.push((to, None, Buf::Own, start..self.bytes.len(), 0));
     }
     fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.send(to, datagram);
@@ -106,7 +109,7 @@ impl Batch {
     fn queue(&mut self, to: SocketAddr, buf: Buf, at: Range<usize>, job: &SealJob<'_>) {
         let (key, receiver, counter, padded) = (job.key.clone(), job.receiver, job.counter, job.padded);
         self.unsealed.push(Unsealed { buf, start: at.start, key, receiver, counter, padded });
-        self.sends.push((to, None, buf, at));
+        self.sends.push((to, None, buf, at, crate::ip::outer_ecn(job.plaintext)));
     }
     /// Seals every data message the core numbered; call after releasing the device lock.
     /// Counters are already fixed and the datagrams keep their order in the arena, so the
@@ -137,23 +140,24 @@ impl Batch {
         self.unsealed.clear();
     }
     /// Runs of consecutive datagrams to one destination, from one given source (or none), with
-    /// one size (the last may be shorter), adjacent in one buffer (ours or `arena`): each run
-    /// is one UDP GSO send of `segment` bytes each.
+    /// one size (the last may be shorter) and one outer ECN field, adjacent in one buffer (ours
+    /// or `arena`): each run is one UDP GSO send of `segment` bytes each.
     pub fn send_runs<'a>(
         &'a self,
         arena: &'a [u8],
         max_segments: usize,
         max_bytes: usize,
-    ) -> impl Iterator<Item = (SocketAddr, Option<IpAddr>, &'a [u8], usize)> {
+    ) -> impl Iterator<Item = (SocketAddr, Option<IpAddr>, &'a [u8], usize, u8)> {
         let mut i = 0;
         std::iter::from_fn(move || {
-            let (to, src, buf, first) = self.sends.get(i)?.clone();
+            let (to, src, buf, first, ecn) = self.sends.get(i)?.clone();
             let seg = first.len();
             let (mut end, mut n) = (first.end, 1);
             i += 1;
-            while let Some((t, s, b, r)) = self.sends.get(i) {
+            while let Some((t, s, b, r, e)) = self.sends.get(i) {
                 let fits = *t == to
                     && *s == src
+                    && *e == ecn
                     && *b == buf
                     && r.start == end
                     && r.len() <= seg
@@ -171,7 +175,7 @@ impl Batch {
                 }
             }
             let bytes = if buf == Buf::Own { &self.bytes[..] } else { arena };
-            Some((to, src, &bytes[first.start..end], seg))
+            Some((to, src, &bytes[first.start..end], seg, ecn))
         })
     }
     pub fn delivers(&self) -> impl Iterator<Item = &[u8]> {
@@ -207,7 +211,7 @@ mod tests {
         batch.deliver(&[1, 2, 3]);
         batch.send(a, &[9; 100]);
         batch.send(a, &[9; 100]);
-        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, _, d, seg)| (to, d.len(), seg)).collect();
+        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, _, d, seg, _)| (to, d.len(), seg)).collect();
         assert_eq!(
             runs,
             vec![(a, 260, 100), (a, 100, 100), (b, 200, 100), (a, 300, 100)],
@@ -226,6 +230,20 @@ mod tests {
     }
 
     #[test]
+    fn a_run_keeps_one_outer_ecn_field() {
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let key = std::sync::Arc::new(crate::crypto::cipher(&[1; 32]));
+        let mut batch = Batch::default();
+        // ECT(0), ECT(0), not-ECT, CE (sent as ECT(0)): one GSO send per ECN field.
+        for tos in [2u8, 2, 0, 3] {
+            let p = [0x45, tos, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+            batch.send_data(a, SealJob { key: &key, receiver: 1, counter: 0, plaintext: &p, padded: 32 });
+        }
+        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(_, _, d, seg, ecn)| (d.len() / seg, ecn)).collect();
+        assert_eq!(runs, vec![(2, 2), (1, 0), (1, 2)]);
+    }
+
+    #[test]
     fn replies_carry_their_source_and_forgets_are_kept_until_flushed() {
         let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let local: IpAddr = "10.0.0.11".parse().unwrap();
@@ -236,7 +254,7 @@ mod tests {
         batch.reply_from = None;
         batch.reply(a, &[3; 64]);
         batch.send(a, &[1; 64]);
-        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, src, d, _)| (to, src, d[0], d.len())).collect();
+        let runs: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(to, src, d, _, _)| (to, src, d[0], d.len())).collect();
         assert_eq!(
             runs,
             vec![(a, None, 1, 64), (a, Some(local), 3, 64), (a, None, 3, 128)],

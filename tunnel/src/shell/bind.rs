@@ -27,10 +27,11 @@ impl Socket4or6 {
         self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
     }
     /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several),
-    /// from local address `src` when given (IP_PKTINFO).
-    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>) -> io::Result<()> {
+    /// from local address `src` when given (IP_PKTINFO), with outer ECN field `ecn`.
+    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>, ecn: u8) -> io::Result<()> {
+        let ecn = quinn_udp::EcnCodepoint::from_bits(ecn);
         let send = |contents: &[u8], segment_size| {
-            let t = Transmit { destination: to, ecn: None, contents, segment_size, src_ip };
+            let t = Transmit { destination: to, ecn, contents, segment_size, src_ip };
             self.state.try_send(UdpSockRef::from(&self.socket), &t)
         };
         if bytes.len() > segment && self.gso.load(Ordering::Relaxed) > 1 {

@@ -233,18 +233,18 @@ impl Engine {
         if let Some(bind) = bind {
             // the larger count: a socket down to 1 sends its runs one by one itself
             let segs = [&bind.v4, &bind.v6].iter().filter_map(|s| s.as_ref().map(|s| s.max_gso_segments())).max().unwrap_or(1).max(1);
-            for (to, reply_from, d, seg) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
+            for (to, reply_from, d, seg, ecn) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
                 let Some(s) = bind.socket_for(to) else { continue };
                 let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
                 let src = reply_from.or_else(learned);
-                let mut sent = s.send(to, d, seg, src);
+                let mut sent = s.send(to, d, seg, src, ecn);
                 let gone = |e: &io::Error| {
                     matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH))
                 };
                 if src.is_some() && sent.as_ref().is_err_and(gone) {
                     // The address left the host: forget it and let routing choose.
                     self.sticky.write().unwrap_or_else(|e| e.into_inner()).remove(&to);
-                    sent = s.send(to, d, seg, None);
+                    sent = s.send(to, d, seg, None, ecn);
                 }
                 if let Err(e) = sent {
                     tracing::debug!(%to, error = %e, "send failed");
@@ -455,6 +455,7 @@ impl Engine {
                         let outcome = st.dev.finish_data(from, j, d, clock, &mut sink);
                         if let Some((at, n)) = sink.at {
                             places.push((i, o + at - TUN_OFFSET, o + at + n));
+                            crate::ip::decap_ecn(&mut d[at..at + n], meta[i].ecn.map_or(0, |e| e as u8));
                         }
                         outcome
                     }
@@ -906,7 +907,7 @@ mod tests {
         let mut copied = Batch::default();
         copied.send_data(to, job(&key, &plain, padded));
         copied.seal_pending(&mut []);
-        let expected: Vec<u8> = copied.send_runs(&[], 64, 65000).flat_map(|(_, _, d, _)| d.to_vec()).collect();
+        let expected: Vec<u8> = copied.send_runs(&[], 64, 65000).flat_map(|(_, _, d, _, _)| d.to_vec()).collect();
         // The in-place path: a slot of header room, the segment, zero padding and tag room.
         let mut arena = [vec![0xaa; 5], vec![0; 16], plain.clone(), vec![0; 8 + 16]].concat();
         let seg = 21..1021;
@@ -914,16 +915,16 @@ mod tests {
         let mut out = SealInPlace::new(&mut batch, &arena[seg.clone()], 5..1045);
         out.send_data(to, job(&key, &arena[seg.clone()], padded));
         assert!(out.slot.is_none(), "taken");
-        assert_eq!(batch.send_runs(&arena, 64, 65000).map(|(_, _, d, _)| d.as_ptr()).next(), Some(arena[5..].as_ptr()), "nothing copied");
+        assert_eq!(batch.send_runs(&arena, 64, 65000).map(|(_, _, d, _, _)| d.as_ptr()).next(), Some(arena[5..].as_ptr()), "nothing copied");
         batch.seal_pending(&mut arena);
-        let runs: Vec<_> = batch.send_runs(&arena, 64, 65000).map(|(t, _, d, n)| (t, d.to_vec(), n)).collect();
+        let runs: Vec<_> = batch.send_runs(&arena, 64, 65000).map(|(t, _, d, n, _)| (t, d.to_vec(), n)).collect();
         assert_eq!(runs, vec![(to, expected.clone(), expected.len())], "the same datagram, sent from the arena");
         // A slot that does not fit the padding the core chose, or another packet: copied.
         let arena = [vec![0; 16], plain.clone(), vec![0; 8 + 16]].concat();
         for (slot, p) in [(0..1039, &arena[16..1016]), (0..1040, &plain[..])] {
             let mut batch = Batch::default();
             SealInPlace::new(&mut batch, &arena[16..1016], slot).send_data(to, job(&key, p, padded));
-            let sent: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(_, _, d, _)| d.len()).collect();
+            let sent: Vec<_> = batch.send_runs(&[], 64, 65000).map(|(_, _, d, _, _)| d.len()).collect();
             assert_eq!(sent, vec![expected.len()], "copied into the batch");
         }
     }
