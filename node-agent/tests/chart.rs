@@ -135,6 +135,7 @@ fn values_reach_their_fields() {
         "--set", "operator.replicas=3",
         "--set", "node.nftGuard=false",
         "--set", "node.mtu=1380",
+        "--set", "images.pullPolicy=Always",
         "--set", "node.underlayInterface=bond0.7",
     ])
     .unwrap_or_else(|e| panic!("helm template: {e}"));
@@ -163,6 +164,9 @@ fn values_reach_their_fields() {
     for (d, c) in [(ds, "agent"), (tds, "tunnel"), (ds, "install-cni"), (ds, "watch-cni")] {
         assert_eq!(container(&objs, d, c)["image"], json!("registry.example/wgmesh-node:1.2.3"), "{c}");
     }
+    for (d, c) in [(ds, "agent"), (tds, "tunnel"), (ds, "install-cni"), (ds, "watch-cni"), (op, "operator")] {
+        assert_eq!(container(&objs, d, c)["imagePullPolicy"], json!("Always"), "{c}");
+    }
     let operator = container(&objs, op, "operator");
     assert_eq!(operator["image"], json!("registry.example/wgmesh-operator:1.2.3"));
     assert_eq!(env(operator, "WGMESH_CLUSTER_CIDRS"), json!("10.42.0.0/16,fd00:42::/56"));
@@ -190,6 +194,7 @@ fn bad_values_are_refused_naming_the_value() {
         (Some("operator.replicas=0"), "operator.replicas"),
         (Some("images.node="), "images.node"),
         (Some("node.mtu=1000"), "node.mtu"),
+        (Some("images.pullPolicy=Sometimes"), "images.pullPolicy"),
         (Some("node.underlayInterface=eth0;reboot"), "node.underlayInterface"),
     ] {
         // None: no values at all; otherwise one bad value on top of a valid cluster CIDR.
