@@ -19,22 +19,30 @@ const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/node-agent/no
 const AGENT: &str = "system:serviceaccount:wgmesh-system:wgmesh-node";
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
-fn doc(kind: &str) -> Value {
+const OWN_NODE: &str = "wgmesh-node-own-node";
+const HANDSHAKE_ONLY: &str = "wgmesh-node-handshake-only";
+
+fn doc(kind: &str, name: &str) -> Value {
     let text = std::fs::read_to_string(Path::new(FILE)).unwrap_or_else(|e| panic!("{FILE}: {e}"));
     let found = serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{FILE}: {e}")))
-        .find(|d| d["kind"] == kind);
-    found.unwrap_or_else(|| panic!("no {kind} in {FILE}"))
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name);
+    found.unwrap_or_else(|| panic!("no {kind} {name} in {FILE}"))
 }
 
-fn policy() -> ValidatingAdmissionPolicy {
-    serde_json::from_value(doc("ValidatingAdmissionPolicy")).unwrap_or_else(|e| panic!("policy: {e}"))
+fn policy(name: &str) -> ValidatingAdmissionPolicy {
+    serde_json::from_value(doc("ValidatingAdmissionPolicy", name)).unwrap_or_else(|e| panic!("policy: {e}"))
 }
 
-/// What the API server would answer: Ok when the policy does not apply or every validation
-/// holds, else the message of the first that fails.
+/// What the API server would answer for a Node update: see `admit_by`.
 fn admit(user: &str, node_of_token: Option<&str>, old: &Value, new: &Value) -> Result<(), String> {
-    let spec = policy().spec.unwrap_or_default();
+    admit_by(OWN_NODE, user, node_of_token, old, new)
+}
+
+/// What the API server would answer: Ok when policy `name` does not apply or every validation
+/// holds, else the message of the first that fails.
+fn admit_by(name: &str, user: &str, node_of_token: Option<&str>, old: &Value, new: &Value) -> Result<(), String> {
+    let spec = policy(name).spec.unwrap_or_default();
     let extra = match node_of_token {
         Some(n) => json!({ NODE_NAME: [n] }),
         None => json!({}),
@@ -103,22 +111,71 @@ fn untaint(n: &Value) -> Value {
 }
 
 #[test]
-fn the_policy_covers_node_updates_by_the_agent_and_is_bound_to_deny() {
-    let p = policy();
-    let spec = p.spec.clone().unwrap_or_default();
-    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"), "an error in an expression must refuse, not admit");
-    let rules = spec.match_constraints.and_then(|m| m.resource_rules).unwrap_or_default();
-    assert!(rules.iter().any(|r| {
-        r.operations.as_deref() == Some(&["UPDATE".to_string()][..])
-            && r.resources.as_deref() == Some(&["nodes".to_string()][..])
-    }), "{rules:?}");
-    let b: ValidatingAdmissionPolicyBinding =
-        serde_json::from_value(doc("ValidatingAdmissionPolicyBinding")).unwrap_or_else(|e| panic!("binding: {e}"));
-    let bs = b.spec.unwrap_or_default();
-    assert_eq!(bs.policy_name, p.metadata.name);
-    assert_eq!(bs.validation_actions.unwrap_or_default(), ["Deny"]);
-    // the agent's service account is the one the DaemonSet runs as
-    assert!(spec.match_conditions.unwrap_or_default().iter().any(|c| c.expression.contains(AGENT)));
+fn the_policies_cover_the_agents_updates_and_are_bound_to_deny() {
+    for (name, resource) in [(OWN_NODE, "nodes"), (HANDSHAKE_ONLY, "wireguardpeers/status")] {
+        let p = policy(name);
+        let spec = p.spec.clone().unwrap_or_default();
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"), "{name}: an error in an expression must refuse, not admit");
+        let rules = spec.match_constraints.and_then(|m| m.resource_rules).unwrap_or_default();
+        assert!(rules.iter().any(|r| {
+            r.operations.as_deref() == Some(&["UPDATE".to_string()][..])
+                && r.resources.as_deref() == Some(&[resource.to_string()][..])
+        }), "{name}: {rules:?}");
+        let b: ValidatingAdmissionPolicyBinding = serde_json::from_value(doc("ValidatingAdmissionPolicyBinding", name))
+            .unwrap_or_else(|e| panic!("binding: {e}"));
+        let bs = b.spec.unwrap_or_default();
+        assert_eq!(bs.policy_name, p.metadata.name);
+        assert_eq!(bs.validation_actions.unwrap_or_default(), ["Deny"]);
+        // the agent's service account is the one the DaemonSet runs as
+        assert!(spec.match_conditions.unwrap_or_default().iter().any(|c| c.expression.contains(AGENT)), "{name}");
+    }
+}
+
+fn peer_with_status(status: Option<Value>) -> Value {
+    let mut p = json!({
+        "apiVersion": "wgmesh.io/v1alpha1", "kind": "WireGuardPeer",
+        "metadata": {"name": "office", "generation": 3},
+        "spec": {"publicKey": key(9), "allowedIPs": ["172.20.0.0/16"]},
+    });
+    if let Some(s) = status {
+        p["status"] = s;
+    }
+    p
+}
+
+#[test]
+fn on_a_peers_status_the_agent_may_write_latest_handshake_and_nothing_else() {
+    let status = json!({
+        "observedGeneration": 3,
+        "distributedAllowedIPs": ["172.20.0.0/16"],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Handshaking", "message": "",
+            "lastTransitionTime": "2026-12-07T10:00:00Z", "observedGeneration": 3}],
+    });
+    // What the agent's apply does: set (or move) latestHandshake, on a peer with a status or without.
+    let handshake = json!({"status": {"latestHandshake": "2026-12-07T12:00:00Z"}});
+    for old in [peer_with_status(Some(status.clone())), peer_with_status(None)] {
+        let new = merge(&old, &handshake);
+        assert_eq!(admit_by(HANDSHAKE_ONLY, AGENT, Some("n1"), &old, &new), Ok(()), "{old}");
+        let later = merge(&new, &json!({"status": {"latestHandshake": "2026-12-07T12:02:00Z"}}));
+        assert_eq!(admit_by(HANDSHAKE_ONLY, AGENT, Some("n1"), &new, &later), Ok(()));
+    }
+    let old = peer_with_status(Some(status));
+    for change in [
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Forged", "message": "",
+            "lastTransitionTime": "2026-12-07T10:00:00Z", "observedGeneration": 3}]}}),
+        json!({"status": {"distributedAllowedIPs": ["0.0.0.0/0"]}}),
+        json!({"status": {"observedGeneration": null}}),
+        json!({"status": null}),
+    ] {
+        let e = admit_by(HANDSHAKE_ONLY, AGENT, Some("n1"), &old, &merge(&old, &change)).unwrap_err();
+        assert!(e.contains("latestHandshake"), "{change}: {e}");
+        // the operator owns those fields: its own writes are not this policy's business
+        let operator = "system:serviceaccount:wgmesh-system:wgmesh-operator";
+        assert_eq!(admit_by(HANDSHAKE_ONLY, operator, None, &old, &merge(&old, &change)), Ok(()));
+    }
+    // a status the agent's write would create from nothing may hold nothing else
+    let forged = merge(&peer_with_status(None), &json!({"status": {"distributedAllowedIPs": ["0.0.0.0/0"]}}));
+    assert!(admit_by(HANDSHAKE_ONLY, AGENT, Some("n1"), &peer_with_status(None), &forged).is_err());
 }
 
 #[test]
