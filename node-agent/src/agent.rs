@@ -154,6 +154,9 @@ pub struct Agent {
     readiness: Readiness,
     resolved_at: Option<Instant>,
     underlay: Option<(Instant, Option<u32>)>,
+    /// While the local pod CIDRs are unknown: the cluster-network prefixes the host reaches on
+    /// its own links (the pod bridge), kept out of the drops so the host still reaches its pods.
+    attached_local: Vec<IpCidr>,
     last_warnings: Vec<String>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -210,6 +213,7 @@ impl Agent {
             kicked: BTreeMap::new(),
             resolved_at: None,
             underlay: None,
+            attached_local: Vec::new(),
             last_warnings: Vec::new(),
             metrics,
             health,
@@ -597,12 +601,33 @@ impl Agent {
                 .flat_map(|p| p.allowed_ips.iter().copied())
                 .collect(),
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
-            local_pod_cidrs: self.local.pod_cidrs.clone(),
+            local_pod_cidrs: if self.local.pod_cidrs.is_empty() { self.attached_local.clone() } else { self.local.pod_cidrs.clone() },
             fail_closed: self.cfg.fail_closed,
         }
     }
 
+    /// Prefixes strictly inside a cluster CIDR that `main` reaches on a link of this host that is
+    /// neither the underlay nor ours (a pod bridge, a pod's veth): local, so never dropped. Only
+    /// while the local pod CIDRs are unknown; an overlay that puts the whole cluster network on
+    /// one link (as Weave does) is not strictly inside, so stays dropped.
+    fn refresh_attached_local(&mut self, link: Option<u32>) -> Result<(), AgentError> {
+        self.attached_local.clear();
+        if !self.local.pod_cidrs.is_empty() {
+            return Ok(());
+        }
+        let mut exclude: Vec<u32> = self.nl.underlay_links(None).map_err(nl_err("read underlay"))?.iter().map(|l| l.index).collect();
+        exclude.extend(link);
+        let attached = self.nl.attached_prefixes(&exclude).map_err(nl_err("list routes"))?;
+        self.attached_local = attached
+            .into_iter()
+            .filter_map(|(ip, len)| IpCidr::new(ip, len).ok())
+            .filter(|a| self.cfg.cluster_cidrs.iter().any(|c| c.prefix() < a.prefix() && c.contains(a.addr())))
+            .collect();
+        Ok(())
+    }
+
     fn sync_routes(&mut self, link: Option<u32>, allow_delete: bool) -> Result<(), AgentError> {
+        self.refresh_attached_local(link)?;
         let want = desired_routes(&self.routing_inputs(link));
         let have = self
             .nl
@@ -668,9 +693,11 @@ impl Agent {
             .nl
             .routes(self.cfg.table)
             .map_err(nl_err("list routes"))?;
-        let want = desired_routes(&self.routing_inputs(link.map(|l| l.index)));
+        self.refresh_attached_local(link.as_ref().map(|l| l.index))?;
+        let want = desired_routes(&self.routing_inputs(link.as_ref().map(|l| l.index)));
         for r in want.values() {
-            if matches!(r.kind, RouteKind::Unreachable) && !keep.iter().any(|k| k.dst == r.dst) {
+            let hole = matches!(r.kind, RouteKind::Throw) && self.attached_local.contains(&r.dst);
+            if (matches!(r.kind, RouteKind::Unreachable) || hole) && !keep.iter().any(|k| k.dst == r.dst) {
                 self.nl
                     .replace_route(r)
                     .map_err(nl_err(format!("add route {}", r.dst)))?;

@@ -449,6 +449,32 @@ fn a_deleted_rule_comes_back_while_another_route_keeps_failing() {
     only_wireguard(&mut m, cap);
 }
 
+#[test]
+fn before_its_pod_cidr_is_known_the_agent_drops_remote_pods_but_the_host_reaches_its_own() {
+    let _serial = serial();
+    let (mut m, cap, p1, p2) = two_nodes_up();
+    let (node_ns, v4_cidr) = (m.node(1).ns.clone(), m.node(1).v4_cidr());
+    // A reboot: the agent's rule and routes are gone, and its source does not name the node
+    // yet (an API server slow to answer, a node not yet given its pod CIDR).
+    m.kill_agent(1);
+    for v in ["-4", "-6"] {
+        ip(&["-n", &node_ns, v, "rule", "del", "priority", "100", "table", TABLE]);
+        ip(&["-n", &node_ns, v, "route", "flush", "table", TABLE]);
+    }
+    m.unpublish(1);
+    m.node_mut(1).pod_cidr_flags = false;
+    m.start_agent(1);
+    let table = || ip(&["-n", &node_ns, "-4", "route", "show", "table", TABLE]);
+    let drops = wait_for(Duration::from_secs(5), || table().contains("unreachable 10.") && ip(&["-n", &node_ns, "-4", "rule"]).contains(TABLE));
+    assert!(drops.is_some(), "no drops: {}", table());
+    // The pod bridge's prefix is the host's own: it stays reachable (kubelet's probes), while
+    // every other pod address is dropped.
+    assert!(table().contains(&format!("throw {v4_cidr}")), "{}", table());
+    assert!(ping(&node_ns, p1.v4, 2, "2"), "the host lost its own pod: {}", table());
+    assert!(!ping(&p1.ns, p2.v4, 2, "1"), "a remote pod answered before the mesh knew this node");
+    only_wireguard(&mut m, cap);
+}
+
 /// Node `n` as the two DaemonSets run it: its engine a process of its own, the agent attached
 /// to it. Returns the engine's child index.
 fn run_apart(m: &mut Mesh, n: u32) -> usize {

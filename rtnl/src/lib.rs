@@ -3,10 +3,11 @@
 //! the wg link's MTU (agent) and the pods' (plugin) come from the same reading of the kernel.
 
 use std::io;
+use std::net::IpAddr;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -149,6 +150,27 @@ impl Netlink {
             .filter(|i| Some(*i) != exclude)
             .collect();
         Ok(self.links()?.into_iter().filter(|l| oifs.contains(&l.index)).collect())
+    }
+
+    /// Prefixes `main` reaches directly on a link (unicast, scope link, no gateway, one link),
+    /// but not through any link in `exclude`: what lies on the host's own bridges and veths.
+    pub fn attached_prefixes(&mut self, exclude: &[u32]) -> io::Result<Vec<(IpAddr, u8)>> {
+        Ok(self
+            .all_routes()?
+            .iter()
+            .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.kind == RouteType::Unicast)
+            .filter(|r| r.header.scope == RouteScope::Link)
+            .filter(|r| !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::MultiPath(_))))
+            .filter(|r| r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if !exclude.contains(i))))
+            .filter_map(|r| {
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                })?;
+                Some((dst, r.header.destination_prefix_length))
+            })
+            .collect())
     }
 
     /// Smallest MTU of the underlay links (see [`Netlink::underlay_links`]); `None` without one.

@@ -300,6 +300,8 @@ pub struct Node {
     pub pods: Vec<Pod>,
     /// The engine binary its agent starts.
     pub engine: PathBuf,
+    /// Whether its agent is told its pod CIDRs (`--pod-cidr`) or must learn them from its peer.
+    pub pod_cidr_flags: bool,
 }
 
 impl Node {
@@ -499,6 +501,7 @@ impl Mesh {
             agent: None,
             pods: Vec::new(),
             engine: tunnel_bin(),
+            pod_cidr_flags: true,
         };
         self.nodes.push(node);
         if publish {
@@ -617,7 +620,7 @@ impl Mesh {
                 "--cluster-cidr",
                 "fd00:244::/48",
             ])
-            .args(["--pod-cidr", &node.v4_cidr(), "--pod-cidr", &node.v6_cidr()])
+            .args(if node.pod_cidr_flags { vec!["--pod-cidr".to_string(), node.v4_cidr(), "--pod-cidr".into(), node.v6_cidr()] } else { vec![] })
             .args(["--interval-ms", "200"])
             .args(extra)
             .env("RUST_LOG", "info")
