@@ -481,7 +481,8 @@ impl Agent {
             .collect();
         for (ip, len) in &have {
             let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-            if !link_local && !want.contains(&(*ip, *len)) {
+            // none wanted means not known yet (no pod CIDR): keep what a known one put there
+            if !link_local && !want.is_empty() && !want.contains(&(*ip, *len)) {
                 tracing::info!(address = %ip, prefix = len, "removing address");
                 self.nl
                     .delete_address(l.index, *ip, *len)
@@ -606,28 +607,36 @@ impl Agent {
         }
     }
 
-    /// Prefixes strictly inside a cluster CIDR that `main` reaches on a link of this host that is
-    /// neither the underlay nor ours (a pod bridge, a pod's veth): local, so never dropped. Only
-    /// while the local pod CIDRs are unknown; an overlay that puts the whole cluster network on
-    /// one link (as Weave does) is not strictly inside, so stays dropped.
-    fn refresh_attached_local(&mut self, link: Option<u32>) -> Result<(), AgentError> {
+    /// Prefixes strictly inside a cluster CIDR that `main` reaches on a bridge or veth of this
+    /// host that is neither the underlay nor ours (the pod bridge, a pod's veth): local, so not
+    /// dropped. Only while the local pod CIDRs are unknown; an overlay that puts the whole
+    /// cluster network on one link (as Weave does) is not strictly inside, so stays dropped. A
+    /// failed read means no exemptions (the drops never wait for it).
+    fn refresh_attached_local(&mut self, link: Option<u32>) {
         self.attached_local.clear();
         if !self.local.pod_cidrs.is_empty() {
-            return Ok(());
+            return;
         }
-        let mut exclude: Vec<u32> = self.nl.underlay_links(None).map_err(nl_err("read underlay"))?.iter().map(|l| l.index).collect();
-        exclude.extend(link);
-        let attached = self.nl.attached_prefixes(&exclude).map_err(nl_err("list routes"))?;
-        self.attached_local = attached
-            .into_iter()
-            .filter_map(|(ip, len)| IpCidr::new(ip, len).ok())
-            .filter(|a| self.cfg.cluster_cidrs.iter().any(|c| c.prefix() < a.prefix() && c.contains(a.addr())))
-            .collect();
-        Ok(())
+        let named = self.cfg.underlay_interface.as_deref().map(|n| self.nl.link(n).map(|l| l.map(|l| l.index)));
+        let read = (|| -> std::io::Result<Vec<(IpAddr, u8)>> {
+            let mut exclude: Vec<u32> = self.nl.underlay_links(None)?.iter().map(|l| l.index).collect();
+            exclude.extend(link.into_iter().chain(named.transpose()?.flatten()));
+            self.nl.attached_prefixes(&exclude)
+        })();
+        match read {
+            Ok(attached) => {
+                self.attached_local = attached
+                    .into_iter()
+                    .filter_map(|(ip, len)| IpCidr::new(ip, len).ok())
+                    .filter(|a| self.cfg.cluster_cidrs.iter().any(|c| c.prefix() < a.prefix() && c.contains(a.addr())))
+                    .collect()
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the host's own links; every pod address stays dropped"),
+        }
     }
 
     fn sync_routes(&mut self, link: Option<u32>, allow_delete: bool) -> Result<(), AgentError> {
-        self.refresh_attached_local(link)?;
+        self.refresh_attached_local(link);
         let want = desired_routes(&self.routing_inputs(link));
         let have = self
             .nl
@@ -693,11 +702,13 @@ impl Agent {
             .nl
             .routes(self.cfg.table)
             .map_err(nl_err("list routes"))?;
-        self.refresh_attached_local(link.as_ref().map(|l| l.index))?;
+        self.refresh_attached_local(link.as_ref().map(|l| l.index));
         let want = desired_routes(&self.routing_inputs(link.as_ref().map(|l| l.index)));
-        for r in want.values() {
-            let hole = matches!(r.kind, RouteKind::Throw) && self.attached_local.contains(&r.dst);
-            if (matches!(r.kind, RouteKind::Unreachable) || hole) && !keep.iter().any(|k| k.dst == r.dst) {
+        // the drops first, then the holes in them
+        let mut add: Vec<_> = want.values().filter(|r| matches!(r.kind, RouteKind::Unreachable) || (matches!(r.kind, RouteKind::Throw) && self.attached_local.contains(&r.dst))).collect();
+        add.sort_by_key(|r| !matches!(r.kind, RouteKind::Unreachable));
+        for r in add {
+            if !keep.iter().any(|k| k.dst == r.dst) {
                 self.nl
                     .replace_route(r)
                     .map_err(nl_err(format!("add route {}", r.dst)))?;

@@ -173,6 +173,10 @@ fn on_a_peers_status_the_agent_may_write_latest_handshake_and_nothing_else() {
         let operator = "system:serviceaccount:wgmesh-system:wgmesh-operator";
         assert_eq!(admit_by(HANDSHAKE_ONLY, operator, None, &old, &merge(&old, &change)), Ok(()));
     }
+    // The CRD defaults both lists to []: the API server fills them in on the agent's first write.
+    let defaulted = merge(&peer_with_status(None), &json!({"status": {"latestHandshake": "2026-12-07T12:00:00Z",
+        "conditions": [], "distributedAllowedIPs": []}}));
+    assert_eq!(admit_by(HANDSHAKE_ONLY, AGENT, Some("n1"), &peer_with_status(None), &defaulted), Ok(()));
     // a status the agent's write would create from nothing may hold nothing else
     let forged = merge(&peer_with_status(None), &json!({"status": {"distributedAllowedIPs": ["0.0.0.0/0"]}}));
     assert!(admit_by(HANDSHAKE_ONLY, AGENT, Some("n1"), &peer_with_status(None), &forged).is_err());
@@ -219,6 +223,11 @@ fn on_its_own_node_the_agent_may_change_nothing_else() {
         (json!({"spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}, {"key": NOT_READY_TAINT, "effect": "NoSchedule"}, {"key": "x", "effect": "NoExecute"}]}}), "taint"),
         (json!({"spec": {"taints": null}}), "taint"),
         (json!({"spec": {"unschedulable": true}}), "cordon"),
+        (json!({"spec": {"podCIDRs": ["10.244.1.0/24", "10.244.9.0/24"]}}), "pod CIDRs"),
+        (json!({"spec": {"podCIDR": null, "podCIDRs": null}}), "pod CIDRs"),
+        (json!({"spec": {"providerID": "aws:///us-east-1a/i-0"}}), "provider ID"),
+        (json!({"metadata": {"finalizers": ["example.com/hold"]}}), "finalizers"),
+        (json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "x", "uid": "1"}]}}), "owners"),
     ];
     for (p, says) in cases {
         let e = admit(AGENT, Some("n1"), &n, &patched(p.clone())).unwrap_err();

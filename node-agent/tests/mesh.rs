@@ -453,9 +453,11 @@ fn a_deleted_rule_comes_back_while_another_route_keeps_failing() {
 fn before_its_pod_cidr_is_known_the_agent_drops_remote_pods_but_the_host_reaches_its_own() {
     let _serial = serial();
     let (mut m, cap, p1, p2) = two_nodes_up();
-    let (node_ns, v4_cidr) = (m.node(1).ns.clone(), m.node(1).v4_cidr());
-    // A reboot: the agent's rule and routes are gone, and its source does not name the node
-    // yet (an API server slow to answer, a node not yet given its pod CIDR).
+    let (node_ns, v4_cidr, v6_cidr) = (m.node(1).ns.clone(), m.node(1).v4_cidr(), m.node(1).v6_cidr());
+    let ifname = m.node(1).ifname.clone();
+    // The agent's rule and routes are gone (flushed, or a restart after the table was lost)
+    // and its source does not name the node (an API server slow to answer, a node without
+    // `spec.podCIDRs`) while its pods run.
     m.kill_agent(1);
     for v in ["-4", "-6"] {
         ip(&["-n", &node_ns, v, "rule", "del", "priority", "100", "table", TABLE]);
@@ -469,9 +471,14 @@ fn before_its_pod_cidr_is_known_the_agent_drops_remote_pods_but_the_host_reaches
     assert!(drops.is_some(), "no drops: {}", table());
     // The pod bridge's prefix is the host's own: it stays reachable (kubelet's probes), while
     // every other pod address is dropped.
+    let table6 = || ip(&["-n", &node_ns, "-6", "route", "show", "table", TABLE]);
     assert!(table().contains(&format!("throw {v4_cidr}")), "{}", table());
+    assert!(table6().contains(&format!("throw {v6_cidr}")), "{}", table6());
     assert!(ping(&node_ns, p1.v4, 2, "2"), "the host lost its own pod: {}", table());
-    assert!(!ping(&p1.ns, p2.v4, 2, "1"), "a remote pod answered before the mesh knew this node");
+    assert!(ping(&node_ns, p1.v6, 2, "2"), "the host lost its own pod over IPv6: {}", table6());
+    // and the tunnel addresses a known pod CIDR gave stay until another is known
+    assert!(ip(&["-n", &node_ns, "-6", "addr", "show", "dev", &ifname]).contains("fd00:244:0:1::1/128"));
+    assert!(!ping(&p1.ns, p2.v4, 2, "1") && !ping(&p1.ns, p2.v6, 2, "1"), "a remote pod answered before the mesh knew this node");
     only_wireguard(&mut m, cap);
 }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::net::IpAddr;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -23,6 +23,8 @@ pub struct Link {
     pub name: String,
     pub mtu: u32,
     pub up: bool,
+    /// A bridge or a veth: where a host keeps its own pods.
+    pub local_kind: bool,
 }
 
 /// One rtnetlink socket.
@@ -152,16 +154,18 @@ impl Netlink {
         Ok(self.links()?.into_iter().filter(|l| oifs.contains(&l.index)).collect())
     }
 
-    /// Prefixes `main` reaches directly on a link (unicast, scope link, no gateway, one link),
-    /// but not through any link in `exclude`: what lies on the host's own bridges and veths.
+    /// Prefixes `main` reaches directly on a bridge or a veth (unicast, no gateway, one link;
+    /// for IPv4 scope link, IPv6 routes have none), not through any link in `exclude`: what
+    /// lies on the host's own pod bridges and pod veths, never on a tunnel or shared L2 device.
     pub fn attached_prefixes(&mut self, exclude: &[u32]) -> io::Result<Vec<(IpAddr, u8)>> {
+        let local: Vec<u32> = self.links()?.iter().filter(|l| l.local_kind && !exclude.contains(&l.index)).map(|l| l.index).collect();
         Ok(self
             .all_routes()?
             .iter()
             .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.kind == RouteType::Unicast)
-            .filter(|r| r.header.scope == RouteScope::Link)
-            .filter(|r| !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::MultiPath(_))))
-            .filter(|r| r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if !exclude.contains(i))))
+            .filter(|r| r.header.address_family == AddressFamily::Inet6 || r.header.scope == RouteScope::Link)
+            .filter(|r| !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_))))
+            .filter(|r| r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if local.contains(i))))
             .filter_map(|r| {
                 let dst = r.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
@@ -182,19 +186,18 @@ impl Netlink {
 fn link_of(l: &LinkMessage) -> Link {
     let mut name = String::new();
     let mut mtu = 0;
+    let mut local_kind = false;
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::Mtu(m) => mtu = *m,
+            LinkAttribute::LinkInfo(info) => {
+                local_kind = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge | InfoKind::Veth)))
+            }
             _ => {}
         }
     }
-    Link {
-        index: l.header.index,
-        name,
-        mtu,
-        up: l.header.flags.contains(LinkFlags::Up),
-    }
+    Link { index: l.header.index, name, mtu, up: l.header.flags.contains(LinkFlags::Up), local_kind }
 }
 
 /// The route's table (RTA_TABLE; the header's byte holds only tables below 256).

@@ -41,21 +41,27 @@ pub fn outer_ecn(p: &[u8]) -> u8 {
 }
 
 /// RFC 6040 decapsulation (the kernel's `INET_ECN_decapsulate`): congestion the underlay marked
-/// on the outer header (CE) reaches an ECN-capable inner packet; IPv4's checksum is updated
-/// for the one changed byte (RFC 1624).
+/// on the outer header (CE) reaches an ECN-capable inner packet, and an outer ECT(1) turns an
+/// inner ECT(0) into ECT(1) (Linux 5.9 on); IPv4's checksum follows the changed byte (RFC 1624).
 pub fn decap_ecn(p: &mut [u8], outer: u8) {
-    let capable = |ecn: u8| ecn == 1 || ecn == 2;
-    match p.first().map(|b| b >> 4) {
-        Some(4) if outer == 3 && p.len() >= 20 && capable(p[1] & 3) => {
-            let old = u16::from_be_bytes([p[0], p[1]]);
-            p[1] |= 3;
-            let sum = u32::from(!u16::from_be_bytes([p[10], p[11]])) + u32::from(!old) + u32::from(old | 3);
-            let sum = (sum & 0xffff) + (sum >> 16);
-            p[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
-        }
-        Some(6) if outer == 3 && p.len() >= 40 && capable((p[1] >> 4) & 3) => p[1] |= 0x30,
-        _ => {}
+    let v6 = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => false,
+        Some(6) if p.len() >= 40 => true,
+        _ => return,
+    };
+    let ecn = match (outer, if v6 { (p[1] >> 4) & 3 } else { p[1] & 3 }) {
+        (3, 1 | 2) => 3,
+        (1, 2) => 1,
+        _ => return,
+    };
+    let old = u16::from_be_bytes([p[0], p[1]]);
+    p[1] = if v6 { (p[1] & 0xcf) | (ecn << 4) } else { (p[1] & 0xfc) | ecn };
+    if v6 {
+        return;
     }
+    let sum = u32::from(!u16::from_be_bytes([p[10], p[11]])) + u32::from(!old) + u32::from(u16::from_be_bytes([p[0], p[1]]));
+    let sum = (sum & 0xffff) + (sum >> 16);
+    p[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
 }
 
 #[cfg(test)]
@@ -97,20 +103,21 @@ mod tests {
 
     #[test]
     fn outer_ce_marks_an_ecn_capable_inner_packet_and_keeps_its_checksum_right() {
-        for ecn in [1u8, 2] {
+        // (inner, outer, inner after): CE reaches ECT(0) and ECT(1); outer ECT(1) turns ECT(0) into ECT(1).
+        for (ecn, outer, after) in [(1u8, 3u8, 3u8), (2, 3, 3), (2, 1, 1)] {
             let mut p = v4(0xb8 | ecn);
-            decap_ecn(&mut p, 3);
-            assert_eq!(p[1], 0xbb, "DSCP kept, CE set");
+            decap_ecn(&mut p, outer);
+            assert_eq!(p[1], 0xb8 | after, "DSCP kept, ECN set");
             let mut h = p[..20].to_vec();
             h[10..12].fill(0);
             assert_eq!(u16::from_be_bytes([p[10], p[11]]), checksum(&h));
             let mut q = v6(0xb8 | ecn);
-            decap_ecn(&mut q, 3);
-            assert_eq!(((q[0] & 0x0f) << 4) | (q[1] >> 4), 0xbb);
+            decap_ecn(&mut q, outer);
+            assert_eq!(((q[0] & 0x0f) << 4) | (q[1] >> 4), 0xb8 | after);
             assert_eq!(q[1] & 0x0f, 0x0a, "flow label kept");
         }
-        // Not ECN-capable inside, or no CE outside, or CE already: unchanged.
-        for (inner, outer) in [(0, 3), (1, 0), (2, 1), (2, 2), (3, 3)] {
+        // Not ECN-capable inside, nothing to say outside, or already said: unchanged.
+        for (inner, outer) in [(0, 3), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2), (3, 3), (3, 1), (1, 2)] {
             let (mut p, mut q) = (v4(inner), v6(inner));
             decap_ecn(&mut p, outer);
             decap_ecn(&mut q, outer);

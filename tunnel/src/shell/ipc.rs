@@ -77,7 +77,7 @@ impl Lines {
             }
             self.buf.copy_within(self.start..self.end, 0);
             (self.end, self.start) = (self.end - self.start, 0);
-            let n = (&self.stream).read(&mut self.buf[self.end..])?;
+            let n = match (&self.stream).read(&mut self.buf[self.end..]) { Err(e) if e.kind() == io::ErrorKind::Interrupted => continue, r => r? };
             if n == 0 && self.end == 0 {
                 return Ok(None);
             }
