@@ -154,9 +154,6 @@ pub struct Agent {
     readiness: Readiness,
     resolved_at: Option<Instant>,
     underlay: Option<(Instant, Option<u32>)>,
-    /// While the local pod CIDRs are unknown: the cluster-network prefixes the host reaches on
-    /// its own links (the pod bridge), kept out of the drops so the host still reaches its pods.
-    attached_local: Vec<IpCidr>,
     last_warnings: Vec<String>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -213,7 +210,6 @@ impl Agent {
             kicked: BTreeMap::new(),
             resolved_at: None,
             underlay: None,
-            attached_local: Vec::new(),
             last_warnings: Vec::new(),
             metrics,
             health,
@@ -591,7 +587,7 @@ impl Agent {
         Ok(())
     }
 
-    fn routing_inputs(&self, link: Option<u32>) -> RoutingInputs {
+    fn routing_inputs(&self, link: Option<u32>, local_pod_cidrs: Vec<IpCidr>) -> RoutingInputs {
         RoutingInputs {
             table: self.cfg.table,
             link,
@@ -602,42 +598,38 @@ impl Agent {
                 .flat_map(|p| p.allowed_ips.iter().copied())
                 .collect(),
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
-            local_pod_cidrs: if self.local.pod_cidrs.is_empty() { self.attached_local.clone() } else { self.local.pod_cidrs.clone() },
+            local_pod_cidrs,
             fail_closed: self.cfg.fail_closed,
         }
     }
 
-    /// Prefixes strictly inside a cluster CIDR that `main` reaches on a bridge or veth of this
-    /// host that is neither the underlay nor ours (the pod bridge, a pod's veth): local, so not
-    /// dropped. Only while the local pod CIDRs are unknown; an overlay that puts the whole
-    /// cluster network on one link (as Weave does) is not strictly inside, so stays dropped. A
-    /// failed read means no exemptions (the drops never wait for it).
-    fn refresh_attached_local(&mut self, link: Option<u32>) {
-        self.attached_local.clear();
+    /// The local pod CIDRs, the `throw`s in the drops. While they are unknown: the prefixes
+    /// strictly inside a cluster CIDR that `main` reaches on a bridge or veth of this host that
+    /// is neither the underlay nor ours (the pod bridge, a pod's veth), so the host still
+    /// reaches its pods; an overlay that puts the whole cluster network on one link (as Weave
+    /// does) is not strictly inside, so stays dropped. A failed read exempts nothing (the drops
+    /// never wait for it).
+    fn local_or_attached(&mut self) -> Vec<IpCidr> {
         if !self.local.pod_cidrs.is_empty() {
-            return;
+            return self.local.pod_cidrs.clone();
         }
-        let named = self.cfg.underlay_interface.as_deref().map(|n| self.nl.link(n).map(|l| l.map(|l| l.index)));
-        let read = (|| -> std::io::Result<Vec<(IpAddr, u8)>> {
-            let mut exclude: Vec<u32> = self.nl.underlay_links(None)?.iter().map(|l| l.index).collect();
-            exclude.extend(link.into_iter().chain(named.transpose()?.flatten()));
-            self.nl.attached_prefixes(&exclude)
-        })();
-        match read {
-            Ok(attached) => {
-                self.attached_local = attached
-                    .into_iter()
-                    .filter_map(|(ip, len)| IpCidr::new(ip, len).ok())
-                    .filter(|a| self.cfg.cluster_cidrs.iter().any(|c| c.prefix() < a.prefix() && c.contains(a.addr())))
-                    .collect()
+        let exclude: Vec<&str> = [Some(self.cfg.interface.as_str()), self.cfg.underlay_interface.as_deref()].into_iter().flatten().collect();
+        match self.nl.attached_prefixes(&exclude) {
+            Ok(attached) => attached
+                .into_iter()
+                .filter_map(|(ip, len)| IpCidr::new(ip, len).ok())
+                .filter(|a| self.cfg.cluster_cidrs.iter().any(|c| c.prefix() < a.prefix() && c.contains(a.addr())))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the host's own links; every pod address stays dropped");
+                Vec::new()
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the host's own links; every pod address stays dropped"),
         }
     }
 
     fn sync_routes(&mut self, link: Option<u32>, allow_delete: bool) -> Result<(), AgentError> {
-        self.refresh_attached_local(link);
-        let want = desired_routes(&self.routing_inputs(link));
+        let local = self.local_or_attached();
+        let want = desired_routes(&self.routing_inputs(link, local));
         let have = self
             .nl
             .routes(self.cfg.table)
@@ -702,10 +694,10 @@ impl Agent {
             .nl
             .routes(self.cfg.table)
             .map_err(nl_err("list routes"))?;
-        self.refresh_attached_local(link.as_ref().map(|l| l.index));
-        let want = desired_routes(&self.routing_inputs(link.as_ref().map(|l| l.index)));
+        let local = self.local_or_attached();
+        let want = desired_routes(&self.routing_inputs(link.map(|l| l.index), local));
         // the drops first, then the holes in them
-        let mut add: Vec<_> = want.values().filter(|r| matches!(r.kind, RouteKind::Unreachable) || (matches!(r.kind, RouteKind::Throw) && self.attached_local.contains(&r.dst))).collect();
+        let mut add: Vec<_> = want.values().filter(|r| matches!(r.kind, RouteKind::Unreachable | RouteKind::Throw)).collect();
         add.sort_by_key(|r| !matches!(r.kind, RouteKind::Unreachable));
         for r in add {
             if !keep.iter().any(|k| k.dst == r.dst) {

@@ -10,7 +10,7 @@ use netlink_packet_route::address::{
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -19,7 +19,7 @@ use wgmesh_api::IpCidr;
 use crate::routes::{Route, RouteKind, Rule};
 
 pub use wgmesh_rtnl::Link;
-use wgmesh_rtnl::{is_errno, route_table};
+use wgmesh_rtnl::{ip_of, is_errno, route_table};
 
 fn family(ip: &IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
@@ -239,14 +239,6 @@ impl Netlink {
 /// The route and rule protocol that marks what the agent installed (`ip route show proto 87`);
 /// unassigned in iproute2's rt_protos.
 pub const PROTOCOL: u8 = 87;
-
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
-        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
-        _ => None,
-    }
-}
 
 fn route_of(r: &RouteMessage) -> Option<Route> {
     let mut dst = None;

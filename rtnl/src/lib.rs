@@ -136,31 +136,24 @@ impl Netlink {
     /// multipath one; without `exclude` (our own interface). Other tables (wg-quick's 51820, an
     /// exit node's) and blackhole or unreachable defaults are not the underlay.
     pub fn underlay_links(&mut self, exclude: Option<u32>) -> io::Result<Vec<Link>> {
-        let oifs: Vec<u32> = self
-            .all_routes()?
-            .iter()
-            .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.destination_prefix_length == 0)
-            .filter(|r| r.header.kind == RouteType::Unicast)
-            // A multipath (ECMP) default names its links in the nexthops, not in RTA_OIF.
-            .flat_map(|r| {
-                r.attributes.iter().flat_map(|a| match a {
-                    RouteAttribute::Oif(i) => vec![*i],
-                    RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
-                    _ => Vec::new(),
-                })
-            })
-            .filter(|i| Some(*i) != exclude)
-            .collect();
-        Ok(self.links()?.into_iter().filter(|l| oifs.contains(&l.index)).collect())
+        let oifs = default_oifs(&self.all_routes()?);
+        Ok(self.links()?.into_iter().filter(|l| oifs.contains(&l.index) && Some(l.index) != exclude).collect())
     }
 
     /// Prefixes `main` reaches directly on a bridge or a veth (unicast, no gateway, one link;
-    /// for IPv4 scope link, IPv6 routes have none), not through any link in `exclude`: what
-    /// lies on the host's own pod bridges and pod veths, never on a tunnel or shared L2 device.
-    pub fn attached_prefixes(&mut self, exclude: &[u32]) -> io::Result<Vec<(IpAddr, u8)>> {
-        let local: Vec<u32> = self.links()?.iter().filter(|l| l.local_kind && !exclude.contains(&l.index)).map(|l| l.index).collect();
-        Ok(self
-            .all_routes()?
+    /// for IPv4 scope link, IPv6 routes have none) that is neither an underlay link (see
+    /// [`Netlink::underlay_links`]) nor named in `exclude`: what lies on the host's own pod
+    /// bridges and pod veths, never on a tunnel or shared L2 device. One dump of each.
+    pub fn attached_prefixes(&mut self, exclude: &[&str]) -> io::Result<Vec<(IpAddr, u8)>> {
+        let routes = self.all_routes()?;
+        let underlay = default_oifs(&routes);
+        let local: Vec<u32> = self
+            .links()?
+            .iter()
+            .filter(|l| l.local_kind && !underlay.contains(&l.index) && !exclude.contains(&l.name.as_str()))
+            .map(|l| l.index)
+            .collect();
+        Ok(routes
             .iter()
             .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.kind == RouteType::Unicast)
             .filter(|r| r.header.address_family == AddressFamily::Inet6 || r.header.scope == RouteScope::Link)
@@ -168,8 +161,7 @@ impl Netlink {
             .filter(|r| r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if local.contains(i))))
             .filter_map(|r| {
                 let dst = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    RouteAttribute::Destination(d) => ip_of(d),
                     _ => None,
                 })?;
                 Some((dst, r.header.destination_prefix_length))
@@ -180,6 +172,32 @@ impl Netlink {
     /// Smallest MTU of the underlay links (see [`Netlink::underlay_links`]); `None` without one.
     pub fn underlay_mtu(&mut self, exclude: Option<u32>) -> io::Result<Option<u32>> {
         Ok(self.underlay_links(exclude)?.iter().map(|l| l.mtu).min())
+    }
+}
+
+/// The links of the unicast default routes of `main` in `routes`: the underlay.
+fn default_oifs(routes: &[RouteMessage]) -> Vec<u32> {
+    routes
+        .iter()
+        .filter(|r| route_table(r) == RT_TABLE_MAIN && r.header.destination_prefix_length == 0)
+        .filter(|r| r.header.kind == RouteType::Unicast)
+        // A multipath (ECMP) default names its links in the nexthops, not in RTA_OIF.
+        .flat_map(|r| {
+            r.attributes.iter().flat_map(|a| match a {
+                RouteAttribute::Oif(i) => vec![*i],
+                RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
+                _ => Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// An IPv4 or IPv6 address attribute of a route.
+pub fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
     }
 }
 
