@@ -124,15 +124,13 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, Instant};
 
     #[test]
     fn a_failing_engine_is_started_again_with_backoff_not_every_tick() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (bin, count) = (dir.path().join("engine"), dir.path().join("starts"));
-        std::fs::write(&bin, format!("#!/bin/sh\necho start >> {}\nexit 1\n", count.display())).expect("write");
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        crate::test_util::script(&bin, &format!("#!/bin/sh\necho start >> {}\nexit 1\n", count.display()));
         let e = Engine::new(&format!("wgb{}", std::process::id() % 100_000), &bin, EngineMode::Auto);
         // The agent's ticks, every 50 ms for a second.
         let t = Instant::now();

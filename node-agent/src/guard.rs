@@ -335,19 +335,10 @@ mod tests {
 
     #[test]
     fn a_kernel_without_nftables_has_no_table_to_remove_but_other_nft_failures_are_errors() {
-        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().expect("tempdir");
         let fake = |name: &str, stderr: &str| {
             let p = d.path().join(name);
-            std::fs::write(&p, format!("#!/bin/sh\necho '{stderr}' >&2\nexit 1\n")).expect("write");
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-            // a test thread forking meanwhile may still hold the write end: exec says ETXTBSY
-            for _ in 0..100 {
-                match Command::new(&p).stderr(Stdio::null()).status() {
-                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(10)),
-                    _ => break,
-                }
-            }
+            crate::test_util::script(&p, &format!("#!/bin/sh\necho '{stderr}' >&2\nexit 1\n"));
             p
         };
         let none = fake("no-nfnetlink", "Error: Unable to open Netlink socket: Protocol not supported");

@@ -22,3 +22,24 @@ pub mod routes;
 pub mod source_file;
 pub mod source_kube;
 pub mod uapi_client;
+
+/// For unit tests that run a fake program.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::io::Write;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    /// Writes an executable script at `path` from a child process: a file this process held
+    /// open for writing could be inherited by another test thread's fork, and exec says ETXTBSY.
+    pub fn script(path: &Path, body: &str) {
+        let mut sh = Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        sh.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write script");
+        assert!(sh.wait().expect("sh").success(), "cannot write {}", path.display());
+    }
+}
