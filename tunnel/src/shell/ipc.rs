@@ -4,6 +4,7 @@
 use super::Engine;
 use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -41,7 +42,8 @@ pub fn serve(engine: Arc<Engine>, listener: UnixListener) {
                     }
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            // Woken by a connection, not by a clock: `wg` is answered at once, idle costs nothing.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => _ = super::wait_readable(listener.as_raw_fd(), None, super::TICK),
             Err(e) => {
                 tracing::warn!(error = %e, "UAPI accept failed");
                 std::thread::sleep(Duration::from_millis(100));
