@@ -1,10 +1,14 @@
 //! `wgmesh-cni install` / `uninstall`: put the binary in the CNI bin dir and chain the plugin
-//! into the node's CNI config, or write a standalone bridge config when there is none.
+//! behind the node's CNI config, or write a standalone bridge config when there is none.
 //!
 //! The primary config is the first `.conf`/`.conflist`/`.json` file in lexical order that
-//! parses, the one kubelet and containerd pick. What we changed is recorded in
-//! `<conf dir>/.wgmesh-backup/` (state plus the original bytes) so uninstall can restore it
-//! byte for byte; runtimes ignore that directory.
+//! parses, the one kubelet and containerd pick. We leave it as it is and write a copy with our
+//! entry appended, `FRONT_FILE`, which sorts before it (as Multus does): a primary whose
+//! installer rewrites its file at every start (flannel, Calico) cannot drop the chain, so a pod
+//! started after a reboot waits for the agent instead of starting unguarded. A primary that
+//! sorts before `FRONT_FILE` is chained in place, as earlier versions did with every primary.
+//! What we wrote is recorded in `<conf dir>/.wgmesh-backup/` (state, plus the bytes we copied
+//! or changed, so uninstall restores them exactly); runtimes ignore that directory.
 
 use std::{
     fs, io,
@@ -23,6 +27,9 @@ pub const BINARY_NAME: &str = "wgmesh-cni";
 pub const PLUGIN_TYPE: &str = BINARY_NAME;
 /// Lexically late on purpose: a primary CNI installed later wins instead of being shadowed.
 pub const STANDALONE_FILE: &str = "99-wgmesh.conflist";
+/// The primary with our entry: sorts before every primary we know of (Multus's `00-multus`
+/// sorts first and delegates to the next file, this one).
+pub const FRONT_FILE: &str = "00-wgmesh.conflist";
 pub const BACKUP_DIR: &str = ".wgmesh-backup";
 pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
@@ -101,6 +108,8 @@ impl Report {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
+    /// A copy of the primary with our entry, in `FRONT_FILE`; the primary is untouched.
+    Front,
     /// Our entry appended to the primary conflist, in place.
     Chained,
     /// A `.conf` primary moved to the backup and replaced by `<stem>.conflist`.
@@ -165,14 +174,19 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
     copy_binary(opts, &mut report)?;
     let conf_dir = &opts.conf_dir;
     let mut state = load_state(conf_dir)?;
-    if let Some(s) = state.as_ref().filter(|s| s.mode != Mode::Standalone) {
+    let primary_file = |s: &State| match s.mode {
+        Mode::Front => s.primary.clone(),
+        Mode::Chained | Mode::Converted => Some(s.written.clone()),
+        Mode::Standalone => None,
+    };
+    if let Some(name) = state.as_ref().and_then(primary_file) {
         // Being rewritten by its owner (not atomically): deciding now that it is gone would
-        // undo our change and, for a round, chain into whatever config sorts next.
-        let written = conf_dir.join(&s.written);
-        if written.exists() && read_json(&written)?.is_none() {
+        // undo our change and, for a round, chain behind whatever config sorts next.
+        let path = conf_dir.join(name);
+        if path.exists() && read_json(&path)?.is_none() {
             return Err(InstallError::Refused(format!(
                 "{} is not valid JSON at the moment; left alone",
-                written.display()
+                path.display()
             )));
         }
     }
@@ -180,14 +194,16 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
         let primary = find_primary(conf_dir)?;
         let still_ours = match (s.mode, &primary) {
             (Mode::Standalone, None) => true,
-            (Mode::Chained | Mode::Converted, Some(p)) => p.name == s.written,
+            (Mode::Front, Some(p)) => s.primary.as_ref() == Some(&p.name) && fronts(p),
+            (Mode::Chained | Mode::Converted, Some(p)) => p.name == s.written && !fronts(p),
             _ => false,
         };
         if !still_ours {
-            // The node's CNI config moved under us (new primary, owner rewrote its file):
-            // undo the old change first so exactly one config carries our entry.
+            // The node's CNI config moved under us (new primary, owner rewrote its file), or
+            // an earlier version chained in place: undo the old change first so exactly one
+            // config carries our entry.
             report.say(format!(
-                "primary CNI config changed; reverting {}",
+                "the CNI config wgmesh-cni chains behind changed; reverting {}",
                 s.written
             ));
             revert(conf_dir, s, &mut report)?;
@@ -201,6 +217,8 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
             check_version(&p)?;
             check_not_alone(&p)?;
             match p.kind {
+                _ if fronts(&p) => front(opts, &p, state.as_ref(), &mut report)?,
+                // A primary that sorts before our copy would shadow it: chained in place.
                 Kind::List => chain(opts, &p, state.as_ref(), &mut report)?,
                 Kind::Single => convert(opts, &p, &mut report)?,
             }
@@ -244,6 +262,58 @@ fn copy_binary(opts: &InstallOptions, report: &mut Report) -> Result<(), Install
     if atomic::write_if_changed(&target, &bytes, 0o755).map_err(|e| io_err("write", &target, e))? {
         report.say(format!("installed {}", target.display()));
     }
+    Ok(())
+}
+
+/// Whether our copy of `p` sorts before it, so the runtime takes the copy.
+fn fronts(p: &Primary) -> bool {
+    p.name.as_str() > FRONT_FILE
+}
+
+/// Writes `FRONT_FILE`: the primary's list (or its single plugin as a list) with our entry.
+fn front(
+    opts: &InstallOptions,
+    p: &Primary,
+    state: Option<&State>,
+    report: &mut Report,
+) -> Result<(), InstallError> {
+    let conf_dir = &opts.conf_dir;
+    let path = conf_dir.join(FRONT_FILE);
+    let primary_path = conf_dir.join(&p.name);
+    // While the primary is what we copied, our file is edited, not regenerated: being the
+    // first file, it is where another chained plugin (istio-cni) adds itself.
+    let copied = read_json(&conf_dir.join(BACKUP_DIR).join(&p.name))?;
+    let unchanged = state.is_some_and(|s| s.mode == Mode::Front)
+        && copied.is_some_and(|(bytes, _)| bytes == p.bytes);
+    let current = read_json(&path)?.map(|(_, v)| v);
+    let base = match (&current, p.kind) {
+        (Some(v), _) if unchanged => strip(v).0,
+        (_, Kind::List) => strip(&p.value).0,
+        (_, Kind::Single) => conf_to_list(&p.value),
+    };
+    if unchanged && current.as_ref().is_some_and(|v| chains_once(v, &opts.plugin)) {
+        report.note(format!("{} already chains wgmesh-cni behind {}", path.display(), p.name));
+        return Ok(());
+    }
+    // Order matters for a crash at any step: the copy's source, state, then the copy.
+    let mode = mode_of(&primary_path);
+    save_backup(conf_dir, &p.name, &p.bytes, mode)?;
+    save_state(
+        conf_dir,
+        &State {
+            mode: Mode::Front,
+            primary: Some(p.name.clone()),
+            written: FRONT_FILE.to_string(),
+        },
+    )?;
+    atomic::write(&path, &pretty(&with_ours(&base, &opts.plugin)), mode)
+        .map_err(|e| io_err("write", &path, e))?;
+    report.say(format!(
+        "wrote {}: {} with wgmesh-cni chained, sorting first ({} itself is left as it is)",
+        path.display(),
+        p.name,
+        primary_path.display()
+    ));
     Ok(())
 }
 
@@ -386,7 +456,7 @@ fn standalone(opts: &InstallOptions, report: &mut Report) -> Result<(), InstallE
 fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, InstallError> {
     let written = conf_dir.join(&state.written);
     match state.mode {
-        Mode::Standalone => {
+        Mode::Standalone | Mode::Front => {
             remove_if_exists(&written)?;
             report.say(format!("removed {}", written.display()));
             Ok(false)
@@ -457,12 +527,14 @@ fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, I
     }
 }
 
-/// Uninstall without a state file: remove our standalone file and our entry wherever it is.
+/// Uninstall without a state file: remove our own files and our entry wherever it is.
 fn strip_without_state(conf_dir: &Path, report: &mut Report) -> Result<(), InstallError> {
-    let standalone = conf_dir.join(STANDALONE_FILE);
-    if standalone.exists() {
-        remove_if_exists(&standalone)?;
-        report.say(format!("removed {}", standalone.display()));
+    for ours in [STANDALONE_FILE, FRONT_FILE] {
+        let path = conf_dir.join(ours);
+        if path.exists() {
+            remove_if_exists(&path)?;
+            report.say(format!("removed {}", path.display()));
+        }
     }
     if let Some(p) = find_primary(conf_dir)? {
         let (stripped, had_ours) = strip(&p.value);
@@ -486,7 +558,7 @@ fn find_primary(conf_dir: &Path) -> Result<Option<Primary>, InstallError> {
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n != STANDALONE_FILE)
+        .filter(|n| n != STANDALONE_FILE && n != FRONT_FILE)
         .filter(|n| {
             n.rsplit_once('.')
                 .is_some_and(|(_, ext)| CONFIG_EXTENSIONS.contains(&ext))

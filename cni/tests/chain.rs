@@ -508,3 +508,61 @@ fn the_installers_standalone_list_runs_with_the_real_plugins() {
     assert!(del.ok, "{}", del.stdout);
     assert_eq!(link_mtu(&s.pod, "eth0"), None);
 }
+
+/// The config a runtime loads from `dir`: the first `.conflist` in byte order that parses
+/// (libcni's ConfFiles order; this test writes no `.conf`).
+fn loaded_list(dir: &std::path::Path) -> (String, Value) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".conflist"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .find_map(|n| Some((n.clone(), serde_json::from_slice(&std::fs::read(dir.join(&n)).ok()?).ok()?)))
+        .unwrap_or_else(|| panic!("no conflist in {}", dir.display()))
+}
+
+#[test]
+fn after_a_reboot_the_primarys_rewrite_keeps_the_chain_and_pods_wait_for_the_agent() {
+    let s = Sandbox::new(UNDERLAY);
+    let conf_dir = s.dir.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap_or_else(|e| panic!("{e}"));
+    // The primary CNI's own list (bridge + host-local), as its installer writes it.
+    let mut bridge = s.bridge_conf("1.0.0");
+    let primary = json!({ "cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [bridge.take()] });
+    let primary_bytes = serde_json::to_vec_pretty(&primary).unwrap_or_default();
+    std::fs::write(conf_dir.join("10-bridge.conflist"), &primary_bytes).unwrap_or_else(|e| panic!("{e}"));
+    let opts = wgmesh_cni::install::InstallOptions {
+        bin_dir: s.dir.path().join("bin"),
+        conf_dir: conf_dir.clone(),
+        source_binary: WGMESH.into(),
+        plugin: wgmesh_cni::install::plugin_entry(None, None, s.readiness_path().to_str(), true),
+        standalone: wgmesh_cni::install::StandaloneOptions::default(),
+    };
+    wgmesh_cni::install::install(&opts).unwrap_or_else(|e| panic!("{e}"));
+    s.set_ready(true);
+    let (name, list) = loaded_list(&conf_dir);
+    assert_eq!(name, wgmesh_cni::install::FRONT_FILE);
+    let added = s.run_conflist(&list, "ADD", None);
+    assert!(added.ok, "{} {}", added.stdout, added.stderr);
+    assert_eq!(s.pod_mtu("eth0"), MESH, "the pod runs behind the mesh");
+    assert!(s.run_conflist(&list, "DEL", Some(&added.json())).ok);
+
+    // A reboot: the readiness file (on /run, a tmpfs) is gone, and the primary's installer
+    // writes its file again at its start, before our agent and watcher are back.
+    s.set_ready(false);
+    std::fs::write(conf_dir.join("10-bridge.conflist"), &primary_bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (name, list) = loaded_list(&conf_dir);
+    assert_eq!(name, wgmesh_cni::install::FRONT_FILE, "the runtime still loads the chain");
+    let refused = s.run_conflist(&list, "ADD", None);
+    assert_eq!(refused.error_code(), 11, "a pod waits for the agent: {}", refused.stdout);
+    assert!(s.run_conflist(&list, "DEL", None).ok);
+    // The agent is back: the same config starts the pod.
+    s.set_ready(true);
+    let added = s.run_conflist(&list, "ADD", None);
+    assert!(added.ok, "{} {}", added.stdout, added.stderr);
+    assert_eq!(s.pod_mtu("eth0"), MESH);
+    assert!(s.run_conflist(&list, "DEL", Some(&added.json())).ok);
+}

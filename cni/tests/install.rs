@@ -115,8 +115,13 @@ fn no_temp_files(dir: &Path) {
     }
 }
 
+/// The config file the runtime loads: the first one in byte order (libcni's ConfFiles).
+fn first_config(node: &Node) -> String {
+    node.files().into_keys().find(|n| n.ends_with(".conflist") || n.ends_with(".conf")).unwrap_or_default()
+}
+
 #[test]
-fn chains_into_the_first_conflist_keeps_its_version_and_uninstall_restores_the_bytes() {
+fn copies_the_first_conflist_with_the_chain_into_a_file_that_sorts_first_and_leaves_it_alone() {
     let node = Node::new(&[
         ("05-broken.conflist", "{ not json"),
         ("10-calico.conflist", CALICO),
@@ -126,12 +131,14 @@ fn chains_into_the_first_conflist_keeps_its_version_and_uninstall_restores_the_b
     let before = node.files();
     node.install(&[]);
     assert_binary_installed(&node);
-    let list = node.json("10-calico.conflist");
+    assert_eq!(first_config(&node), "00-wgmesh.conflist", "the runtime loads the copy");
+    let list = node.json("00-wgmesh.conflist");
     assert_eq!(plugin_types(&list), ["calico", "portmap", "wgmesh-cni"]);
     assert_eq!(list["cniVersion"], "0.3.1", "primary's cniVersion kept");
-    assert_eq!(list["name"], "k8s-pod-network");
+    assert_eq!(list["name"], "k8s-pod-network", "same network, so DEL finds what ADD cached");
+    assert_eq!(list["plugins"][0], serde_json::from_str::<Value>(CALICO).unwrap()["plugins"][0]);
     let after = node.files();
-    for other in ["05-broken.conflist", "20-other.conflist", "README"] {
+    for other in ["05-broken.conflist", "10-calico.conflist", "20-other.conflist", "README"] {
         assert_eq!(after[other], before[other], "{other} touched");
     }
     no_temp_files(&node.conf);
@@ -182,7 +189,7 @@ fn running_install_again_changes_nothing() {
 }
 
 #[test]
-fn converts_a_single_plugin_conf_into_a_list_and_back() {
+fn a_single_plugin_conf_is_copied_as_a_list() {
     let node = Node::new(&[
         ("10-flannel.conf", FLANNEL_CONF),
         ("20-other.conflist", OTHER),
@@ -190,20 +197,13 @@ fn converts_a_single_plugin_conf_into_a_list_and_back() {
     let before = node.files();
     node.install(&[]);
     let files = node.files();
-    assert!(
-        !files.contains_key("10-flannel.conf"),
-        "the .conf must not shadow the list"
-    );
-    let list = node.json("10-flannel.conflist");
+    assert_eq!(files["10-flannel.conf"], before["10-flannel.conf"], "the .conf is left alone");
+    let list = node.json("00-wgmesh.conflist");
     assert_eq!(list["cniVersion"], "0.4.0");
     assert_eq!(list["name"], "cbr0");
     assert_eq!(plugin_types(&list), ["flannel", "wgmesh-cni"]);
     assert_eq!(list["plugins"][0]["delegate"]["hairpinMode"], true);
-    // The list sorts where the .conf did: still the primary.
-    assert_eq!(
-        files.keys().next().map(String::as_str),
-        Some("10-flannel.conflist")
-    );
+    assert_eq!(first_config(&node), "00-wgmesh.conflist");
 
     node.uninstall();
     assert_eq!(node.files(), before);
@@ -215,24 +215,27 @@ fn the_owners_file_mode_is_kept_through_install_conversion_backup_and_uninstall(
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
     // CIS asks for 0600 CNI configs: chaining must not make one readable to everyone.
-    let node = Node::new(&[("10-calico.conflist", CALICO)]);
-    let list = node.conf.join("10-calico.conflist");
+    for (name, body) in [("10-calico.conflist", CALICO), ("10-flannel.conf", FLANNEL_CONF)] {
+        let node = Node::new(&[(name, body)]);
+        let primary = node.conf.join(name);
+        fs::set_permissions(&primary, fs::Permissions::from_mode(0o600)).unwrap();
+        node.install(&[]);
+        assert_eq!(mode(&node.conf.join("00-wgmesh.conflist")), 0o600, "{name}: the copy");
+        assert_eq!(mode(&node.backup_dir().join(name)), 0o600, "{name}: backup");
+        assert_eq!((fs::read_to_string(&primary).unwrap().as_str(), mode(&primary)), (body, 0o600), "{name}");
+        node.uninstall();
+        assert_eq!((fs::read_to_string(&primary).unwrap().as_str(), mode(&primary)), (body, 0o600), "{name}");
+    }
+    // Chained in place (it sorts before the copy): the rewrite keeps the mode too.
+    let node = Node::new(&[("00-calico.conflist", CALICO)]);
+    let list = node.conf.join("00-calico.conflist");
     fs::set_permissions(&list, fs::Permissions::from_mode(0o600)).unwrap();
     node.install(&[]);
-    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(plugin_types(&node.json("00-calico.conflist")), ["calico", "portmap", "wgmesh-cni"]);
     assert_eq!(mode(&list), 0o600, "chained list");
-    assert_eq!(mode(&node.backup_dir().join("10-calico.conflist")), 0o600, "backup");
     node.uninstall();
     assert_eq!(fs::read_to_string(&list).unwrap(), CALICO);
     assert_eq!(mode(&list), 0o600, "restored list");
-
-    let node = Node::new(&[("10-flannel.conf", FLANNEL_CONF)]);
-    let conf = node.conf.join("10-flannel.conf");
-    fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
-    node.install(&[]);
-    assert_eq!(mode(&node.conf.join("10-flannel.conflist")), 0o600, "converted list");
-    node.uninstall();
-    assert_eq!(mode(&conf), 0o600, "restored .conf");
 }
 
 #[test]
@@ -280,19 +283,18 @@ fn follows_the_primary_when_its_owner_rewrites_it_or_a_new_one_appears() {
         "standalone removed"
     );
     assert_eq!(
-        plugin_types(&node.json("10-calico.conflist")),
+        plugin_types(&node.json("00-wgmesh.conflist")),
         ["calico", "portmap", "wgmesh-cni"]
     );
 
-    // Calico's installer rewrites its file (dropping our entry); install chains again and
-    // uninstall restores Calico's new bytes, not the old ones.
+    // Calico's installer rewrites its file (at every start): the copy follows, and uninstall
+    // leaves Calico's new bytes.
     let rewritten = CALICO.replace("\"info\"", "\"debug\"");
     fs::write(node.conf.join("10-calico.conflist"), &rewritten).unwrap_or_else(|e| panic!("{e}"));
     node.install(&[]);
-    assert_eq!(
-        plugin_types(&node.json("10-calico.conflist")),
-        ["calico", "portmap", "wgmesh-cni"]
-    );
+    let list = node.json("00-wgmesh.conflist");
+    assert_eq!(plugin_types(&list), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(list["plugins"][0]["log_level"], "debug");
     node.uninstall();
     assert_eq!(
         fs::read_to_string(node.conf.join("10-calico.conflist")).ok(),
@@ -302,19 +304,64 @@ fn follows_the_primary_when_its_owner_rewrites_it_or_a_new_one_appears() {
 
 #[test]
 fn uninstall_keeps_edits_made_after_install() {
+    // In place: the owner's edit stays, only our entry goes.
+    let node = Node::new(&[("00-calico.conflist", CALICO)]);
+    node.install(&[]);
+    let mut list = node.json("00-calico.conflist");
+    if let Some(p) = list["plugins"].as_array_mut() {
+        p.insert(2, json!({ "type": "bandwidth" }));
+    }
+    fs::write(node.conf.join("00-calico.conflist"), list.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.uninstall();
+    assert_eq!(
+        plugin_types(&node.json("00-calico.conflist")),
+        ["calico", "portmap", "bandwidth"]
+    );
+    // Copied: the owner's edit reaches the copy, ahead of our entry, and stays after uninstall.
     let node = Node::new(&[("10-calico.conflist", CALICO)]);
     node.install(&[]);
     let mut list = node.json("10-calico.conflist");
     if let Some(p) = list["plugins"].as_array_mut() {
-        p.insert(2, json!({ "type": "bandwidth" }));
+        p.push(json!({ "type": "bandwidth" }));
     }
-    fs::write(node.conf.join("10-calico.conflist"), list.to_string())
-        .unwrap_or_else(|e| panic!("{e}"));
+    fs::write(node.conf.join("10-calico.conflist"), list.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    node.install(&[]);
+    assert_eq!(plugin_types(&node.json("00-wgmesh.conflist")), ["calico", "portmap", "bandwidth", "wgmesh-cni"]);
     node.uninstall();
-    assert_eq!(
-        plugin_types(&node.json("10-calico.conflist")),
-        ["calico", "portmap", "bandwidth"]
-    );
+    assert_eq!(node.files().into_keys().collect::<Vec<_>>(), ["10-calico.conflist"]);
+    assert_eq!(node.json("10-calico.conflist"), list);
+}
+
+#[test]
+fn an_earlier_in_place_install_is_moved_into_the_copy_and_the_primary_restored() {
+    // What an earlier version left: our entry in Calico's file, its original in the backup.
+    let mut chained: Value = serde_json::from_str(CALICO).unwrap();
+    chained["plugins"].as_array_mut().unwrap().push(json!({ "type": "wgmesh-cni" }));
+    let node = Node::new(&[("10-calico.conflist", &chained.to_string())]);
+    fs::create_dir_all(node.backup_dir()).unwrap();
+    fs::write(node.backup_dir().join("10-calico.conflist"), CALICO).unwrap();
+    let state = json!({ "mode": "chained", "primary": "10-calico.conflist", "written": "10-calico.conflist" });
+    fs::write(node.backup_dir().join("state.json"), state.to_string()).unwrap();
+    let text = node.install(&[]);
+    assert_eq!(fs::read_to_string(node.conf.join("10-calico.conflist")).ok().as_deref(), Some(CALICO), "{text}");
+    assert_eq!(plugin_types(&node.json("00-wgmesh.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    node.uninstall();
+    assert_eq!(node.files().into_keys().collect::<Vec<_>>(), ["10-calico.conflist"]);
+    assert_eq!(fs::read_to_string(node.conf.join("10-calico.conflist")).ok().as_deref(), Some(CALICO));
+}
+
+#[test]
+fn a_primary_that_sorts_before_the_copy_is_chained_in_place_and_restored() {
+    // Only a name before 00-wgmesh could shadow the copy; that primary is chained in place.
+    let node = Node::new(&[("00-aws.conflist", CALICO), ("10-calico.conflist", OTHER)]);
+    let before = node.files();
+    node.install(&[]);
+    assert!(!node.files().contains_key("00-wgmesh.conflist"));
+    assert_eq!(plugin_types(&node.json("00-aws.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(node.files()["10-calico.conflist"], before["10-calico.conflist"]);
+    node.uninstall();
+    assert_eq!(node.files(), before, "uninstall restores every byte");
 }
 
 #[test]
@@ -373,7 +420,7 @@ fn installed_entry_is_accepted_by_the_plugin_itself() {
         "/run/wgmesh/other",
         "--no-require-readiness",
     ]);
-    let list = node.json("10-calico.conflist");
+    let list = node.json("00-wgmesh.conflist");
     let mut entry = list["plugins"][2].clone();
     assert_eq!(
         entry,
@@ -405,16 +452,28 @@ fn bad_arguments_fail_without_touching_anything() {
 
 #[test]
 fn an_entry_another_plugin_put_itself_after_is_left_where_it_is() {
-    // istio-cni appends itself last too: moving ours back behind it on every --watch round
-    // would start a rewrite war between the two watchers.
+    // istio-cni appends itself last to the first file too: moving ours back behind it on
+    // every --watch round would start a rewrite war between the two watchers.
     let list = "{\"cniVersion\":\"0.3.1\",\"name\":\"k8s\",\"plugins\":[{\"type\":\"calico\"},{\"type\":\"wgmesh-cni\"},{\"type\":\"istio-cni\"}]}";
-    let node = Node::new(&[("10-calico.conflist", list)]);
+    let node = Node::new(&[("00-calico.conflist", list)]);
     let before = node.files();
     let text = node.install(&[]);
     assert_eq!(node.files(), before, "an entry already there as configured is not moved: {text}");
     // Our options changed (an upgrade): the entry is replaced, once, at the end.
     node.install(&["--mtu", "1380"]);
-    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "istio-cni", "wgmesh-cni"]);
+    assert_eq!(plugin_types(&node.json("00-calico.conflist")), ["calico", "istio-cni", "wgmesh-cni"]);
+
+    // The same in our copy, which is the first file istio-cni finds.
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.install(&[]);
+    let mut copy = node.json("00-wgmesh.conflist");
+    copy["plugins"].as_array_mut().unwrap().push(json!({ "type": "istio-cni" }));
+    fs::write(node.conf.join("00-wgmesh.conflist"), copy.to_string()).unwrap();
+    let before = node.files();
+    let text = node.install(&[]);
+    assert_eq!(node.files(), before, "istio-cni's entry in the copy is kept: {text}");
+    node.install(&["--mtu", "1380"]);
+    assert_eq!(plugin_types(&node.json("00-wgmesh.conflist")), ["calico", "portmap", "istio-cni", "wgmesh-cni"]);
 }
 
 /// Kills the watcher if a test fails before it was stopped.
@@ -474,9 +533,10 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
-fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
+fn watch_follows_the_owners_rewrite_and_stops_on_sigterm() {
     let node = Node::new(&[("10-calico.conflist", CALICO)]);
-    let chained = || plugin_types(&node.json("10-calico.conflist")) == ["calico", "portmap", "wgmesh-cni"];
+    let copy = || fs::read(node.conf.join("00-wgmesh.conflist")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let chained = || copy().is_some_and(|c| plugin_types(&c) == ["calico", "portmap", "wgmesh-cni"]);
     let mut w = Watcher::start(&node);
     wait_for("the first install", chained);
     assert_binary_installed(&node);
@@ -487,17 +547,18 @@ fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
     let tmp = node.conf.join("calico.tmp");
     fs::write(&tmp, &rewritten).unwrap_or_else(|e| panic!("{e}"));
     fs::rename(&tmp, node.conf.join("10-calico.conflist")).unwrap_or_else(|e| panic!("{e}"));
-    wait_for("the entry to come back", chained);
-    assert_eq!(node.json("10-calico.conflist")["plugins"][0]["log_level"], "debug", "the owner's change is kept");
+    wait_for("the copy to follow", || copy().is_some_and(|c| c["plugins"][0]["log_level"] == "debug"));
+    assert!(chained());
+    assert_eq!(fs::read_to_string(node.conf.join("10-calico.conflist")).ok(), Some(rewritten), "the owner's file is its own");
     std::thread::sleep(std::time::Duration::from_millis(1500));
 
     let (status, log) = w.stop();
     assert!(status.success(), "{status:?}: {log}");
     assert!(chained(), "stopping the watcher does not uninstall");
     // Five or more rounds, but only changes are logged: the first install and its calm, the
-    // repair and its calm, then the stop.
+    // new copy and its calm, then the stop.
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.iter().filter(|l| l.contains("chained wgmesh-cni into")).count(), 2, "{log}");
+    assert_eq!(lines.iter().filter(|l| l.contains("with wgmesh-cni chained, sorting first")).count(), 2, "{log}");
     assert_eq!(lines.iter().filter(|l| l.contains("already chains")).count(), 2, "{log}");
     assert!(lines.len() <= 6 && lines.last().is_some_and(|l| l.contains("stopped watching")), "{log}");
 }
@@ -505,14 +566,16 @@ fn watch_puts_the_entry_back_after_the_owner_rewrites_and_stops_on_sigterm() {
 #[test]
 fn watch_backs_off_from_an_owner_that_keeps_removing_the_entry() {
     use std::sync::{atomic::{AtomicBool, AtomicUsize, Ordering}, Arc};
-    let node = Node::new(&[("10-calico.conflist", CALICO)]);
-    let path = node.conf.join("10-calico.conflist");
+    for primary in ["00-cilium.conflist", "05-cilium.conflist"] {
+    let node = Node::new(&[(primary, CALICO)]);
+    let path = node.conf.join(primary);
+    let copy = node.conf.join("00-wgmesh.conflist");
     let mut w = Watcher::start(&node);
     // An owner like Cilium's agent: whenever its file differs from what it wants, it writes
-    // it again (atomically), without our entry.
+    // it again (atomically), without our entry; any other config it renames away.
     let (done, restored) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let owner = {
-        let (done, restored, path) = (done.clone(), restored.clone(), path.clone());
+        let (done, restored, path, copy) = (done.clone(), restored.clone(), path.clone(), copy.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 if fs::read_to_string(&path).is_ok_and(|t| t != CALICO) {
@@ -520,6 +583,9 @@ fn watch_backs_off_from_an_owner_that_keeps_removing_the_entry() {
                     let tmp = path.with_extension("tmp");
                     fs::write(&tmp, CALICO).unwrap_or_else(|e| panic!("{e}"));
                     fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("{e}"));
+                }
+                if fs::rename(&copy, copy.with_extension("cilium_bak")).is_ok() {
+                    restored.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
@@ -533,8 +599,9 @@ fn watch_backs_off_from_an_owner_that_keeps_removing_the_entry() {
     // The first install, then repairs until the third within a minute: the next try is a
     // minute away. Without the back-off it would be one every second, 8 in all.
     let fights = restored.load(Ordering::Relaxed);
-    assert!(fights <= 4, "the watcher rewrote the file {fights} times in 8 s: {log}");
-    assert!(log.contains("keeps rewriting it") && log.contains("next try in 60s"), "{log}");
+    assert!(fights <= 4, "{primary}: the watcher rewrote the config {fights} times in 8 s: {log}");
+    assert!(log.contains("keeps rewriting it") && log.contains("next try in 60s"), "{primary}: {log}");
+    }
 }
 
 #[test]
@@ -551,9 +618,12 @@ fn a_primary_caught_half_written_is_left_alone_for_the_round() {
     assert!(!ok && text.contains("is not valid JSON at the moment"), "{text}");
     assert_eq!(node.files(), before, "nothing touched: {text}");
     assert_eq!(fs::read(node.backup_dir().join("10-calico.conflist")).ok(), backup, "backup kept");
-    // The owner finishes: the next round chains into its new file.
-    fs::write(node.conf.join("10-calico.conflist"), CALICO).unwrap_or_else(|e| panic!("{e}"));
+    // The owner finishes: the next round copies its new file.
+    let rewritten = CALICO.replace("\"info\"", "\"debug\"");
+    fs::write(node.conf.join("10-calico.conflist"), &rewritten).unwrap_or_else(|e| panic!("{e}"));
     node.install(&[]);
-    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    let list = node.json("00-wgmesh.conflist");
+    assert_eq!(plugin_types(&list), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(list["plugins"][0]["log_level"], "debug");
     assert_eq!(plugin_types(&node.json("20-other.conflist")), ["ptp"]);
 }
