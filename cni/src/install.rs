@@ -27,8 +27,8 @@ pub const BINARY_NAME: &str = "wgmesh-cni";
 pub const PLUGIN_TYPE: &str = BINARY_NAME;
 /// Lexically late on purpose: a primary CNI installed later wins instead of being shadowed.
 pub const STANDALONE_FILE: &str = "99-wgmesh.conflist";
-/// The primary with our entry: sorts before every primary we know of (Multus's `00-multus`
-/// sorts first and delegates to the next file, this one).
+/// The primary with our entry: sorts before every primary we know of but Multus's
+/// `00-multus.conf`, which, like any primary that sorts first, is chained in place.
 pub const FRONT_FILE: &str = "00-wgmesh.conflist";
 pub const BACKUP_DIR: &str = ".wgmesh-backup";
 pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
@@ -108,13 +108,13 @@ impl Report {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
-    /// A copy of the primary with our entry, in `FRONT_FILE`; the primary is untouched.
-    Front,
     /// Our entry appended to the primary conflist, in place.
     Chained,
     /// A `.conf` primary moved to the backup and replaced by `<stem>.conflist`.
     Converted,
-    /// No primary: we wrote `STANDALONE_FILE`.
+    /// A file of our own, `written`: the copy of the primary (`FRONT_FILE`) or, with no
+    /// primary, `STANDALONE_FILE`. Versions before the copy know this mode and undo it by
+    /// deleting `written`: after a downgrade they chain in place instead of failing.
     Standalone,
 }
 
@@ -125,6 +125,13 @@ struct State {
     primary: Option<String>,
     /// The file we wrote or edited.
     written: String,
+}
+
+impl State {
+    /// We wrote the copy of `primary`.
+    fn front(&self) -> bool {
+        self.mode == Mode::Standalone && self.written == FRONT_FILE
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,9 +182,8 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
     let conf_dir = &opts.conf_dir;
     let mut state = load_state(conf_dir)?;
     let primary_file = |s: &State| match s.mode {
-        Mode::Front => s.primary.clone(),
+        Mode::Standalone => s.primary.clone(),
         Mode::Chained | Mode::Converted => Some(s.written.clone()),
-        Mode::Standalone => None,
     };
     if let Some(name) = state.as_ref().and_then(primary_file) {
         // Being rewritten by its owner (not atomically): deciding now that it is gone would
@@ -193,8 +199,9 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
     if let Some(s) = &state {
         let primary = find_primary(conf_dir)?;
         let still_ours = match (s.mode, &primary) {
-            (Mode::Standalone, None) => true,
-            (Mode::Front, Some(p)) => s.primary.as_ref() == Some(&p.name) && fronts(p),
+            (Mode::Standalone, None) => !s.front(),
+            // Another primary behind the copy: the copy is rewritten in place, never missing.
+            (Mode::Standalone, Some(p)) => s.front() && fronts(p),
             (Mode::Chained | Mode::Converted, Some(p)) => p.name == s.written && !fronts(p),
             _ => false,
         };
@@ -231,7 +238,15 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
 pub fn uninstall(bin_dir: &Path, conf_dir: &Path) -> Result<Report, InstallError> {
     let mut report = Report::default();
     let keep_backup = match load_state(conf_dir)? {
-        Some(s) => revert(conf_dir, &s, &mut report)?,
+        Some(s) => {
+            let keep = revert(conf_dir, &s, &mut report)?;
+            if s.front() {
+                // An entry the primary already had (chained by hand, or an install whose state
+                // was lost) would name the binary removed below: every pod would fail.
+                strip_loaded(conf_dir, &mut report)?;
+            }
+            keep
+        }
         None => {
             strip_without_state(conf_dir, &mut report)?;
             false
@@ -283,7 +298,7 @@ fn front(
     // While the primary is what we copied, our file is edited, not regenerated: being the
     // first file, it is where another chained plugin (istio-cni) adds itself.
     let copied = read_json(&conf_dir.join(BACKUP_DIR).join(&p.name))?;
-    let unchanged = state.is_some_and(|s| s.mode == Mode::Front)
+    let unchanged = state.is_some_and(|s| s.front() && s.primary.as_ref() == Some(&p.name))
         && copied.is_some_and(|(bytes, _)| bytes == p.bytes);
     let current = read_json(&path)?.map(|(_, v)| v);
     let base = match (&current, p.kind) {
@@ -295,19 +310,20 @@ fn front(
         report.note(format!("{} already chains wgmesh-cni behind {}", path.display(), p.name));
         return Ok(());
     }
-    // Order matters for a crash at any step: the copy's source, state, then the copy.
+    // Order matters for a crash or a failed write at any step: state, the copy, then the
+    // bytes it was made from (saved first, they would mark a stale copy as current).
     let mode = mode_of(&primary_path);
-    save_backup(conf_dir, &p.name, &p.bytes, mode)?;
     save_state(
         conf_dir,
         &State {
-            mode: Mode::Front,
+            mode: Mode::Standalone,
             primary: Some(p.name.clone()),
             written: FRONT_FILE.to_string(),
         },
     )?;
     atomic::write(&path, &pretty(&with_ours(&base, &opts.plugin)), mode)
         .map_err(|e| io_err("write", &path, e))?;
+    save_backup(conf_dir, &p.name, &p.bytes, mode)?;
     report.say(format!(
         "wrote {}: {} with wgmesh-cni chained, sorting first ({} itself is left as it is)",
         path.display(),
@@ -456,7 +472,7 @@ fn standalone(opts: &InstallOptions, report: &mut Report) -> Result<(), InstallE
 fn revert(conf_dir: &Path, state: &State, report: &mut Report) -> Result<bool, InstallError> {
     let written = conf_dir.join(&state.written);
     match state.mode {
-        Mode::Standalone | Mode::Front => {
+        Mode::Standalone => {
             remove_if_exists(&written)?;
             report.say(format!("removed {}", written.display()));
             Ok(false)
@@ -536,6 +552,11 @@ fn strip_without_state(conf_dir: &Path, report: &mut Report) -> Result<(), Insta
             report.say(format!("removed {}", path.display()));
         }
     }
+    strip_loaded(conf_dir, report)
+}
+
+/// Removes our entry from the config the runtime loads, if it has one.
+fn strip_loaded(conf_dir: &Path, report: &mut Report) -> Result<(), InstallError> {
     if let Some(p) = find_primary(conf_dir)? {
         let (stripped, had_ours) = strip(&p.value);
         if had_ours {

@@ -115,9 +115,9 @@ fn watch(opts: &install::InstallOptions, every: std::time::Duration) -> ExitCode
         }
         if let Some(p) = pause {
             eprintln!(
-                "wgmesh-cni: the CNI config lost its wgmesh-cni entry {} times within {}s: another \
-                 program keeps rewriting it (Cilium's agent does: chain wgmesh-cni through that \
-                 plugin's own configuration instead); next try in {}s",
+                "wgmesh-cni: the CNI config had to be written again {} times within {}s: another \
+                 program keeps rewriting it or removing our copy (Cilium's agent does: chain \
+                 wgmesh-cni through that plugin's own configuration instead); next try in {}s",
                 FightGuard::REPAIRS,
                 FightGuard::WINDOW.as_secs(),
                 p.as_secs()

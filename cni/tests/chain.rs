@@ -551,16 +551,23 @@ fn after_a_reboot_the_primarys_rewrite_keeps_the_chain_and_pods_wait_for_the_age
     assert!(s.run_conflist(&list, "DEL", Some(&added.json())).ok);
 
     // A reboot: the readiness file (on /run, a tmpfs) is gone, and the primary's installer
-    // writes its file again at its start, before our agent and watcher are back.
+    // writes its file again at its start (here with a change, an upgrade), before our agent
+    // and watcher are back.
     s.set_ready(false);
-    std::fs::write(conf_dir.join("10-bridge.conflist"), &primary_bytes).unwrap_or_else(|e| panic!("{e}"));
+    let mut upgraded = primary.clone();
+    upgraded["plugins"][0]["hairpinMode"] = json!(true);
+    std::fs::write(conf_dir.join("10-bridge.conflist"), serde_json::to_vec(&upgraded).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let (name, list) = loaded_list(&conf_dir);
     assert_eq!(name, wgmesh_cni::install::FRONT_FILE, "the runtime still loads the chain");
     let refused = s.run_conflist(&list, "ADD", None);
     assert_eq!(refused.error_code(), 11, "a pod waits for the agent: {}", refused.stdout);
     assert!(s.run_conflist(&list, "DEL", None).ok);
-    // The agent is back: the same config starts the pod.
+    // The watcher is back and copies the upgraded primary; the agent is ready.
+    wgmesh_cni::install::install(&opts).unwrap_or_else(|e| panic!("{e}"));
     s.set_ready(true);
+    let (name, list) = loaded_list(&conf_dir);
+    assert_eq!((name.as_str(), &list["plugins"][0]["hairpinMode"]), (wgmesh_cni::install::FRONT_FILE, &json!(true)));
     let added = s.run_conflist(&list, "ADD", None);
     assert!(added.ok, "{} {}", added.stdout, added.stderr);
     assert_eq!(s.pod_mtu("eth0"), MESH);

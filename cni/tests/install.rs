@@ -627,3 +627,55 @@ fn a_primary_caught_half_written_is_left_alone_for_the_round() {
     assert_eq!(list["plugins"][0]["log_level"], "debug");
     assert_eq!(plugin_types(&node.json("20-other.conflist")), ["ptp"]);
 }
+
+#[test]
+fn the_copy_follows_the_loaded_primary_as_primaries_come_and_go() {
+    let node = Node::new(&[("20-calico.conflist", CALICO)]);
+    node.install(&[]);
+    // A new primary that sorts between the copy and the old one: the copy is rewritten from it
+    // in place (never missing), and neither primary is touched.
+    fs::write(node.conf.join("10-other.conflist"), OTHER).unwrap();
+    node.install(&[]);
+    assert_eq!(plugin_types(&node.json("00-wgmesh.conflist")), ["ptp", "wgmesh-cni"]);
+    assert_eq!(node.json("00-wgmesh.conflist")["name"], "other");
+    assert_eq!(fs::read_to_string(node.conf.join("20-calico.conflist")).ok().as_deref(), Some(CALICO));
+    assert_eq!(fs::read_to_string(node.conf.join("10-other.conflist")).ok().as_deref(), Some(OTHER));
+    // That primary is removed: back to the next one.
+    fs::remove_file(node.conf.join("10-other.conflist")).unwrap();
+    node.install(&[]);
+    assert_eq!(plugin_types(&node.json("00-wgmesh.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    // A primary that sorts before the copy: the copy goes, the new primary is chained in place.
+    fs::write(node.conf.join("00-aws.conflist"), OTHER).unwrap();
+    node.install(&[]);
+    assert!(!node.files().contains_key("00-wgmesh.conflist"));
+    assert_eq!(plugin_types(&node.json("00-aws.conflist")), ["ptp", "wgmesh-cni"]);
+    node.uninstall();
+    assert_eq!(fs::read_to_string(node.conf.join("00-aws.conflist")).ok().as_deref(), Some(OTHER));
+    assert_eq!(fs::read_to_string(node.conf.join("20-calico.conflist")).ok().as_deref(), Some(CALICO));
+}
+
+#[test]
+fn the_state_is_one_an_earlier_version_undoes_by_deleting_the_copy() {
+    // Versions before the copy know the modes chained, converted and standalone, and revert
+    // standalone by deleting `written`: after a downgrade they chain in place, not fail.
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.install(&[]);
+    let state: Value = serde_json::from_slice(&fs::read(node.backup_dir().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["mode"], "standalone", "{state}");
+    assert_eq!(state["written"], "00-wgmesh.conflist", "{state}");
+}
+
+#[test]
+fn an_entry_the_primary_already_had_is_removed_on_uninstall() {
+    // Chained by hand, or by an install whose state was lost: after uninstall the primary is
+    // what the runtime loads, and an entry naming the removed binary would fail every pod.
+    let mut chained: Value = serde_json::from_str(CALICO).unwrap();
+    chained["plugins"].as_array_mut().unwrap().push(json!({ "type": "wgmesh-cni", "mtu": 1300 }));
+    let node = Node::new(&[("10-calico.conflist", &chained.to_string())]);
+    node.install(&[]);
+    assert_eq!(plugin_types(&node.json("00-wgmesh.conflist")), ["calico", "portmap", "wgmesh-cni"]);
+    assert_eq!(node.json("00-wgmesh.conflist")["plugins"][2], json!({ "type": "wgmesh-cni" }), "our options, once");
+    node.uninstall();
+    assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "portmap"]);
+    assert_eq!(node.files().into_keys().collect::<Vec<_>>(), ["10-calico.conflist"]);
+}

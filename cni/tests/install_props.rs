@@ -42,9 +42,16 @@ fn config() -> impl Strategy<Value = (String, Value)> {
             ("20-net.conf".to_owned(), p)
         }),
         1 => Just(("05-odd.conflist".to_owned(), json!({ "plugins": "calico" }))),
-        // Sorts before our copy, so it is chained in place.
+        // These sort before our copy, so they are chained in place (the `.conf` converted).
         1 => (version(), prop::collection::vec(plugin(), 0..4)).prop_map(|(v, plugins)| {
             ("00-early.conflist".to_owned(), json!({ "cniVersion": v, "name": "early", "plugins": plugins }))
+        }),
+        1 => (version(), plugin()).prop_map(|(v, mut p)| {
+            if let Some(o) = p.as_object_mut() {
+                o.insert("cniVersion".into(), v);
+                o.insert("name".into(), "early".into());
+            }
+            ("00-early.conf".to_owned(), p)
         }),
     ]
 }
@@ -127,19 +134,22 @@ proptest! {
                 prop_assert_eq!(files(&conf), before, "a refused install changed the configs: {}", e);
             }
             Ok(_) => {
-                // Exactly one loadable config chains us: once, behind the main plugin (last,
-                // unless the list already had our entry there with another plugin after it).
+                // The config the runtime loads chains us once, behind the main plugin (last,
+                // unless the list already had our entry there with another plugin after it),
+                // whatever else carries a stale entry.
                 let after = files(&conf);
-                // Whatever else carries a stale entry, the config the runtime loads chains us once.
                 let (name, list) = loaded(&after).ok_or_else(|| TestCaseError::fail("no loadable config"))?;
                 let types = plugin_types(&list);
                 let at = types.iter().position(|t| t.as_deref() == Some(PLUGIN_TYPE));
                 prop_assert!(at.is_some_and(|i| i > 0), "{} chains wgmesh-cni behind nothing: {:?}", name, types);
                 prop_assert!(stale || at == Some(types.len() - 1), "a new entry goes last: {:?}", types);
                 prop_assert_eq!(types.iter().filter(|t| t.as_deref() == Some(PLUGIN_TYPE)).count(), 1);
-                // Only the loaded config, our own files and the backup may differ.
+                // Nothing else changed, but a primary chained in place (one that sorts before the
+                // copy), or its `.conf` converted into that list.
                 for (n, b) in &before {
-                    prop_assert!(after.get(n) == Some(b) || *n == name || (!after.contains_key(n) && n.ends_with(".conf")), "{} changed", n);
+                    let in_place = name.as_str() < "00-wgmesh.conflist";
+                    let converted = in_place && !after.contains_key(n) && name.starts_with(n.trim_end_matches(".conf"));
+                    prop_assert!(after.get(n) == Some(b) || (in_place && *n == name) || converted, "{} changed", n);
                 }
                 // Again: nothing changes.
                 install(&opts).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -148,6 +158,9 @@ proptest! {
                 if !stale {
                     prop_assert_eq!(files(&conf), before, "uninstall did not restore every byte");
                 }
+                // Pods must not be left pointing at the binary just removed.
+                let left = loaded(&files(&conf)).map(|(_, l)| plugin_types(&l)).unwrap_or_default();
+                prop_assert!(!left.contains(&Some(PLUGIN_TYPE.to_owned())), "still chained after uninstall: {:?}", left);
                 prop_assert!(!bin.join(PLUGIN_TYPE).exists());
             }
         }
