@@ -674,19 +674,21 @@ fn open_all(bufs: &mut [Vec<u8>], segs: &[(usize, usize, usize, SocketAddr)], jo
             }
         }
     };
-    let mut slices: Vec<&mut [u8]> = Vec::with_capacity(segs.len());
-    carve(bufs, segs.iter().map(|&(i, o, len, _)| (i, o, o + len)), |s| slices.push(s));
-    if slices.len() != jobs.len() {
-        // Cannot happen with a well-formed list; never let an unopened message count as opened.
-        jobs.iter_mut().for_each(|j| *j = Some(Err(crate::device::Outcome::Dropped(crate::device::Drop::InvalidAuthentication))));
-        return;
-    }
+    let ranges = segs.iter().map(|&(i, o, len, _)| (i, o, o + len));
+    let mut opened = 0;
     if bytes >= batch::PARALLEL_MIN_BYTES && batch::parallel_crypto() {
         use rayon::prelude::*;
-        slices.into_par_iter().zip(jobs.par_iter_mut()).with_min_len(4).for_each(open);
+        let mut slices: Vec<&mut [u8]> = Vec::with_capacity(segs.len());
+        carve(bufs, ranges, |s| slices.push(s));
+        opened = slices.len().min(jobs.len());
+        slices.into_par_iter().zip(jobs[..opened].par_iter_mut()).with_min_len(4).for_each(open);
     } else {
-        slices.into_iter().zip(jobs.iter_mut()).for_each(open);
+        // Each as carve hands it out: no allocation per round, whoever sent the datagrams.
+        let mut it = jobs.iter_mut();
+        carve(bufs, ranges, |s| if let Some(j) = it.next() { open((s, j)); opened += 1 });
     }
+    // Cannot happen with a well-formed list; never let an unopened message count as opened.
+    jobs[opened..].iter_mut().for_each(|j| *j = Some(Err(crate::device::Outcome::Dropped(crate::device::Drop::InvalidAuthentication))));
 }
 
 /// Hands out the `(buffer, start, end)` ranges of `bufs` as disjoint mutable slices; the
