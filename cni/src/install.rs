@@ -218,11 +218,20 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
             state = None;
         }
     }
-    match find_primary(conf_dir)? {
+    let primary = find_primary(conf_dir)?;
+    if let Some(p) = &primary {
+        check_version(p)?;
+        check_not_alone(p)?;
+    }
+    let copy = conf_dir.join(FRONT_FILE);
+    if !primary.as_ref().is_some_and(fronts) && copy.exists() {
+        // A copy no state accounts for (the state was lost) would shadow what we chain now.
+        remove_if_exists(&copy)?;
+        report.say(format!("removed {}, which no longer copies the primary", copy.display()));
+    }
+    match primary {
         None => standalone(opts, &mut report)?,
         Some(p) => {
-            check_version(&p)?;
-            check_not_alone(&p)?;
             match p.kind {
                 _ if fronts(&p) => front(opts, &p, state.as_ref(), &mut report)?,
                 // A primary that sorts before our copy would shadow it: chained in place.
@@ -310,9 +319,11 @@ fn front(
         report.note(format!("{} already chains wgmesh-cni behind {}", path.display(), p.name));
         return Ok(());
     }
-    // Order matters for a crash or a failed write at any step: state, the copy, then the
-    // bytes it was made from (saved first, they would mark a stale copy as current).
+    // Order matters for a crash or a failed write at any step: no record of what the copy was
+    // made from (one left from an earlier primary would mark a stale copy as current), state,
+    // the copy, then the bytes it was made from.
     let mode = mode_of(&primary_path);
+    clear_backup(conf_dir)?;
     save_state(
         conf_dir,
         &State {

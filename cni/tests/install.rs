@@ -679,3 +679,27 @@ fn an_entry_the_primary_already_had_is_removed_on_uninstall() {
     assert_eq!(plugin_types(&node.json("10-calico.conflist")), ["calico", "portmap"]);
     assert_eq!(node.files().into_keys().collect::<Vec<_>>(), ["10-calico.conflist"]);
 }
+
+#[test]
+fn a_copy_no_state_accounts_for_is_removed_rather_than_left_shadowing() {
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.install(&[]);
+    // The state is lost (the backup dir wiped), then Calico is removed from the node.
+    fs::remove_dir_all(node.backup_dir()).unwrap();
+    fs::remove_file(node.conf.join("10-calico.conflist")).unwrap();
+    node.install(&["--pod-cidr", "10.244.9.0/24"]);
+    assert_eq!(node.files().into_keys().collect::<Vec<_>>(), ["99-wgmesh.conflist"], "the stale copy would be loaded first");
+    assert_eq!(plugin_types(&node.json("99-wgmesh.conflist")), ["bridge", "wgmesh-cni"]);
+}
+
+#[test]
+fn only_the_bytes_the_current_copy_was_made_from_are_kept() {
+    // The record of what the copy was made from marks it current; one left from an earlier
+    // primary would, after a failed write of a new copy, keep a stale copy for good.
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.install(&[]);
+    fs::write(node.conf.join("05-other.conflist"), OTHER).unwrap();
+    node.install(&[]);
+    let kept: Vec<String> = fs::read_dir(node.backup_dir()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(kept.contains(&"05-other.conflist".to_owned()) && !kept.contains(&"10-calico.conflist".to_owned()), "{kept:?}");
+}

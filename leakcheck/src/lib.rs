@@ -1,9 +1,11 @@
-//! For tests: a global allocator that looks at every block as it is freed, while asked to, for
-//! given byte strings (the hex of a test key). A buffer that grew (each growth frees the old
-//! copy) or one that is not wiped on drop shows up in the count. In a test binary:
+//! For tests, two global allocators. `Watching` looks at every block as it is freed, while
+//! asked to, for given byte strings (the hex of a test key): a buffer that grew (each growth
+//! frees the old copy) or one that is not wiped on drop shows up in the count. `Counting`
+//! counts the allocations one thread makes while asked to. In a test binary:
 //! `#[global_allocator] static A: wgmesh_leakcheck::Watching = wgmesh_leakcheck::Watching;`
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -57,6 +59,44 @@ unsafe impl GlobalAlloc for Watching {
                 FOUND.fetch_add(1, Ordering::SeqCst);
             }
         }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+thread_local! {
+    // const and without Drop: native TLS, so the allocator never allocates to reach it.
+    static ALLOCATIONS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn count_one() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get().map(|n| n + 1)));
+}
+
+/// `f`'s result and the allocations (and reallocations) it made on this thread; tests on other
+/// threads are not counted.
+pub fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    ALLOCATIONS.with(|c| c.set(Some(0)));
+    let r = f();
+    (r, ALLOCATIONS.with(|c| c.replace(None)).unwrap_or(0))
+}
+
+pub struct Counting;
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
 }

@@ -4,49 +4,11 @@
 mod common;
 use common::*;
 use proptest::prelude::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::SocketAddr;
-
-/// Counts this thread's allocations while a count is running (tests run on several threads).
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-fn count_one() {
-    let _ = ALLOCATIONS.try_with(|c| c.set(c.get().map(|n| n + 1)));
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use wgmesh_leakcheck::allocations;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The result of `f` and how many allocations it made on this thread.
-fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    ALLOCATIONS.with(|c| c.set(Some(0)));
-    let r = f();
-    (r, ALLOCATIONS.with(|c| c.replace(None)).unwrap_or(0))
-}
+static GLOBAL: wgmesh_leakcheck::Counting = wgmesh_leakcheck::Counting;
 
 /// Two devices with a live session, plus device 0 with an initiation in flight, and real
 /// captured messages of every kind to mutate.

@@ -869,6 +869,28 @@ mod tests {
     use super::*;
     use crate::device::Output;
 
+    #[global_allocator]
+    static COUNTING: wgmesh_leakcheck::Counting = wgmesh_leakcheck::Counting;
+
+    #[test]
+    fn a_receive_round_allocates_nothing_and_never_counts_an_unopened_datagram_as_opened() {
+        use crate::device::{Drop, Outcome};
+        let from: SocketAddr = "10.0.0.1:51820".parse().unwrap();
+        let mut bufs = vec![vec![0u8; 256]; 2];
+        // Handshakes (no job) and data the core already refused: nothing to open.
+        let segs = [(0, 0, 100, from), (0, 100, 100, from), (1, 0, 148, from)];
+        let mut jobs: Vec<Check> = vec![None, Some(Err(Outcome::Dropped(Drop::UnknownIndex))), None];
+        let ((), n) = wgmesh_leakcheck::allocations(|| open_all(&mut bufs, &segs, &mut jobs));
+        assert_eq!(n, 0, "allocations in one receive round");
+        assert!(matches!(jobs[..], [None, Some(Err(Outcome::Dropped(Drop::UnknownIndex))), None]));
+        // A range carve cannot hand out (it overlaps the one before): it and all after it fail.
+        let segs = [(0, 0, 100, from), (0, 50, 100, from), (1, 0, 148, from)];
+        let mut jobs: Vec<Check> = vec![None, None, None];
+        open_all(&mut bufs, &segs, &mut jobs);
+        let failed = |j: &Check| matches!(j, Some(Err(Outcome::Dropped(Drop::InvalidAuthentication))));
+        assert!(jobs[0].is_none() && jobs[1..].iter().all(failed));
+    }
+
     #[test]
     fn carve_hands_out_the_ranges_and_stops_at_a_bad_one() {
         let mut bufs = vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]];
