@@ -196,8 +196,8 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
             )));
         }
     }
+    let mut primary = find_primary(conf_dir)?;
     if let Some(s) = &state {
-        let primary = find_primary(conf_dir)?;
         let still_ours = match (s.mode, &primary) {
             (Mode::Standalone, None) => !s.front(),
             // Another primary behind the copy: the copy is rewritten in place, never missing.
@@ -216,9 +216,9 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
             revert(conf_dir, s, &mut report)?;
             clear_backup(conf_dir)?;
             state = None;
+            primary = find_primary(conf_dir)?;
         }
     }
-    let primary = find_primary(conf_dir)?;
     if let Some(p) = &primary {
         check_version(p)?;
         check_not_alone(p)?;
