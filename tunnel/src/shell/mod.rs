@@ -533,16 +533,17 @@ impl Engine {
     /// Up/down → bind/unbind; MTU → padding bound. Err once the interface or socket is gone.
     fn follow_link(&self) -> Result<(), &'static str> {
         let (mut batch, mut out) = (Batch::default(), TunWriter::default());
-        // Read under the lock: with two callers, a stale "down" must not undo a fresh "up".
+        let probe = || -> Result<(bool, Option<usize>), &'static str> {
+            let flags = link_flags(&self.name).ok_or("interface deleted")?;
+            self.socket_path.exists().then_some(()).ok_or("UAPI socket removed")?;
+            Ok((flags & libc::IFF_UP as u32 != 0, self.tun.mtu().ok().map(usize::from)))
+        };
+        // Probed outside the lock (its syscalls would stall a packet), again under it on a
+        // change: with two callers, a stale "down" must not undo a fresh "up".
+        let seen = probe()?;
         let mut st = self.lock();
-        let flags = link_flags(&self.name).ok_or("interface deleted")?;
-        if !self.socket_path.exists() {
-            return Err("UAPI socket removed");
-        }
-        let up = flags & libc::IFF_UP as u32 != 0;
-        if let Ok(mtu) = self.tun.mtu() {
-            st.dev.set_mtu(mtu as usize);
-        }
+        let (up, mtu) = if seen.0 != st.dev.is_up() || seen.1.is_some_and(|m| m != st.dev.mtu()) { probe()? } else { seen };
+        mtu.into_iter().for_each(|m| st.dev.set_mtu(m));
         if up != st.dev.is_up() {
             if up {
                 st.bind_tried = std::time::Instant::now();
