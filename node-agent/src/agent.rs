@@ -148,6 +148,9 @@ pub struct Agent {
     /// Every prefix of a desired peer, configured or left out: the guard keeps pods' packets
     /// to those outside the pod network off the underlay.
     desired_prefixes: Vec<IpCidr>,
+    /// The other nodes' prefixes (pod CIDRs): the guard keeps those outside the cluster CIDRs
+    /// off the underlay for local pods both ways.
+    node_prefixes: Vec<IpCidr>,
     local: LocalNode,
     applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
     kicked: BTreeMap<PublicKey, Instant>,
@@ -205,6 +208,7 @@ impl Agent {
             input: None,
             peers: Vec::new(),
             desired_prefixes: Vec::new(),
+            node_prefixes: Vec::new(),
             local: LocalNode::default(),
             applied_endpoints: BTreeMap::new(),
             kicked: BTreeMap::new(),
@@ -398,7 +402,7 @@ impl Agent {
             let nodes = desired.iter().filter_map(|d| Some((d.node_name.as_deref()?, d.allowed_ips.as_slice())));
             for (node, c) in outside_cluster(&self.cfg.cluster_cidrs, nodes.chain([(self.cfg.node_name.as_str(), local.pod_cidrs.as_slice())])) {
                 warnings.push(format!(
-                    "{c} of node {node} lies outside --cluster-cidr: the underlay guard does not cover it, so a flushed policy rule could send its pods' packets in plaintext; add it to the cluster CIDRs"
+                    "{c} of node {node} lies outside --cluster-cidr: it gets no unreachable route, and the underlay guard covers only pods' packets to and from it, not the node's own; add it to the cluster CIDRs"
                 ));
             }
         }
@@ -420,6 +424,7 @@ impl Agent {
         }
         self.peers = peers;
         self.desired_prefixes = desired.iter().flat_map(|d| d.allowed_ips.iter().copied()).collect();
+        self.node_prefixes = desired.iter().filter(|d| d.node_name.is_some()).flat_map(|d| d.allowed_ips.iter().copied()).collect();
         self.local = local;
         self.resolved_at = Some(Instant::now());
         Ok(())
@@ -678,7 +683,7 @@ impl Agent {
         if self.local.pod_cidrs.is_empty() {
             return Ok(());
         }
-        let script = crate::guard::ruleset(&self.cfg.interface, &self.cfg.cluster_cidrs, &self.local.pod_cidrs, &self.desired_prefixes)?;
+        let script = crate::guard::ruleset(&self.cfg.interface, &self.cfg.cluster_cidrs, &self.local.pod_cidrs, &self.desired_prefixes, &self.node_prefixes)?;
         let dropped = self.guard.sync(&script)?;
         self.metrics.guard_dropped(dropped);
         Ok(())

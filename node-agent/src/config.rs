@@ -85,7 +85,7 @@ impl AgentConfig {
             return Err("fail-closed needs the cluster's pod network: pass --cluster-cidr (or --no-fail-closed)".into());
         }
         if self.fail_closed && self.nft_guard {
-            crate::guard::ruleset(&self.interface, &self.cluster_cidrs, &[], &[]).map_err(|e| e.to_string())?;
+            crate::guard::ruleset(&self.interface, &self.cluster_cidrs, &[], &[], &[]).map_err(|e| e.to_string())?;
         }
         if self.table == 0 || (253..=255).contains(&self.table) {
             return Err(format!(

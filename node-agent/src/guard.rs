@@ -40,11 +40,19 @@ pub enum GuardError {
 
 /// The script that replaces table `inet wgmesh` in one transaction. Out: packets to a local
 /// pod CIDR pass, to any other cluster CIDR only through `interface`, and so do pods' packets
-/// to a peer's prefix outside the pod network (an external peer's network; the node's own
-/// packets there may take `main`). In: packets from a remote pod (a cluster CIDR but no local
-/// pod CIDR) pass only from `interface`, where WireGuard authenticated them; one on any other
-/// interface is plaintext or spoofed.
-pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpCidr], peer_prefixes: &[IpCidr]) -> Result<String, GuardError> {
+/// to a peer's prefix outside the pod network (an external peer's network, or a remote node's
+/// pod CIDR no cluster CIDR covers; the node's own packets there may take `main`). In: packets
+/// from a remote pod (a cluster CIDR but no local pod CIDR) pass only from `interface`, where
+/// WireGuard authenticated them; one on any other interface is plaintext or spoofed. Pods of
+/// a node outside the cluster CIDRs (`node_prefixes`, say IPv6 on a dual-stack cluster given
+/// only its IPv4 range) are matched as pods only by their addresses on this node's side.
+pub fn ruleset(
+    interface: &str,
+    cluster_cidrs: &[IpCidr],
+    local_pod_cidrs: &[IpCidr],
+    peer_prefixes: &[IpCidr],
+    node_prefixes: &[IpCidr],
+) -> Result<String, GuardError> {
     // nft strings end at the first quote, a backslash escapes and a trailing `*` is a wildcard
     if interface.contains(['"', '\\', '*']) || interface.chars().any(|c| c.is_control()) {
         return Err(GuardError::BadInterface(interface.into()));
@@ -55,21 +63,34 @@ pub fn ruleset(interface: &str, cluster_cidrs: &[IpCidr], local_pod_cidrs: &[IpC
     // which wgmesh does not carry
     let chain = |name: &str, hook: &str, priority: i32, dev: &str, addr: &str| {
         let mut rules = format!("\t\t{dev} \"{interface}\" accept\n\t\t{dev} \"lo\" accept\n");
+        let outside = |ps: &[IpCidr], family| {
+            let inside = |p: &IpCidr| cluster_cidrs.iter().any(|c| c.family() == p.family() && c.prefix() <= p.prefix() && c.contains(p.addr()));
+            outermost(&ps.iter().filter(|p| !inside(p)).copied().collect::<Vec<_>>(), family)
+        };
         for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
             let local = outermost(local_pod_cidrs, family);
             let cluster = outermost(cluster_cidrs, family);
-            if cluster.is_empty() {
+            // this node's pods, inside a cluster CIDR or not
+            let pods = outermost(&[cluster_cidrs, local_pod_cidrs].concat(), family);
+            // Prefixes no cluster CIDR covers are matched with a pod address on this side, so a
+            // wrong one cannot cut off the node's own traffic: out to peers' (before srcnat at
+            // priority 100, so a pod's address is still the source here), in from other nodes' pods.
+            let (src, dst) = match addr {
+                "daddr" => (pods, outside(peer_prefixes, family)),
+                _ => (outside(node_prefixes, family), local.clone()),
+            };
+            let beyond = !src.is_empty() && !dst.is_empty();
+            if cluster.is_empty() && !beyond {
                 continue;
             }
             if !local.is_empty() {
                 rules += &format!("\t\t{ip} {addr} {{ {} }} accept\n", local.join(", "));
             }
-            rules += &format!("\t\t{ip} {addr} {{ {} }} counter drop\n", cluster.join(", "));
-            // before srcnat (priority 100), so a pod's address is still the source here
-            let beyond: Vec<IpCidr> = peer_prefixes.iter().filter(|p| !cluster_cidrs.iter().any(|c| c.family() == p.family() && c.prefix() <= p.prefix() && c.contains(p.addr()))).copied().collect();
-            let beyond = outermost(&beyond, family);
-            if addr == "daddr" && !beyond.is_empty() {
-                rules += &format!("\t\t{ip} saddr {{ {} }} {ip} daddr {{ {} }} counter drop\n", cluster.join(", "), beyond.join(", "));
+            if !cluster.is_empty() {
+                rules += &format!("\t\t{ip} {addr} {{ {} }} counter drop\n", cluster.join(", "));
+            }
+            if beyond {
+                rules += &format!("\t\t{ip} saddr {{ {} }} {ip} daddr {{ {} }} counter drop\n", src.join(", "), dst.join(", "));
             }
         }
         format!("\tchain {name} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;\n{rules}\t}}\n")
@@ -276,6 +297,7 @@ mod tests {
             &cidrs(&["10.244.1.0/24", "fd00:244:0:1::/64"]),
             // a remote node's pod CIDR (covered already) and an external peer's network
             &cidrs(&["10.244.2.0/24", "192.168.100.0/24"]),
+            &cidrs(&["10.244.2.0/24"]),
         )
         .unwrap();
         let rules: Vec<&str> = s.lines().map(str::trim).filter(|l| l.contains("accept") || l.contains("drop")).collect();
@@ -305,24 +327,55 @@ mod tests {
     }
 
     #[test]
-    fn families_without_a_cluster_cidr_get_no_rules_and_nested_prefixes_are_merged() {
+    fn a_family_with_nothing_to_drop_gets_no_rules_and_nested_prefixes_are_merged() {
         let s = ruleset(
             "wg0",
             &cidrs(&["10.0.0.0/8", "10.244.0.0/16", "10.0.0.0/8"]),
             &cidrs(&["10.244.1.0/24", "10.244.1.0/25", "fd00::/64"]),
-            &cidrs(&["172.16.0.0/12", "172.16.5.0/24", "2001:db8::/32"]),
+            &cidrs(&["172.16.0.0/12", "172.16.5.0/24"]),
+            &[],
         )
         .unwrap();
         assert!(s.contains("ip daddr { 10.0.0.0/8 } counter drop"), "{s}");
         assert!(s.contains("ip saddr { 10.0.0.0/8 } ip daddr { 172.16.0.0/12 } counter drop"), "{s}");
         assert!(s.contains("ip daddr { 10.244.1.0/24 } accept"), "{s}");
-        assert!(!s.contains("ip6"), "no IPv6 cluster CIDR, no IPv6 rule: {s}");
+        assert!(!s.contains("ip6"), "no IPv6 cluster CIDR or peer prefix, no IPv6 rule: {s}");
+    }
+
+    #[test]
+    fn pods_outside_the_cluster_cidrs_are_kept_off_the_underlay_by_their_addresses() {
+        // dual-stack, given only the IPv4 cluster CIDR; one node from another range
+        let s = ruleset(
+            "wg0",
+            &cidrs(&["10.244.0.0/16"]),
+            &cidrs(&["10.244.1.0/24", "fd00:244:0:1::/64"]),
+            &cidrs(&["10.244.2.0/24", "fd00:244:0:2::/64", "10.42.3.0/24", "192.168.100.0/24"]),
+            &cidrs(&["10.244.2.0/24", "fd00:244:0:2::/64", "10.42.3.0/24"]),
+        )
+        .unwrap();
+        let rules: Vec<&str> = s.lines().map(str::trim).filter(|l| l.contains("drop") || l.contains("daddr") || l.contains("saddr")).collect();
+        assert_eq!(
+            rules,
+            [
+                "ip daddr { 10.244.1.0/24 } accept",
+                "ip daddr { 10.244.0.0/16 } counter drop",
+                "ip saddr { 10.244.0.0/16 } ip daddr { 10.42.3.0/24, 192.168.100.0/24 } counter drop",
+                "ip6 daddr { fd00:244:0:1::/64 } accept",
+                "ip6 saddr { fd00:244:0:1::/64 } ip6 daddr { fd00:244:0:2::/64 } counter drop",
+                // in: only other nodes' pods, and only to local pods; an external peer's network is left alone
+                "ip saddr { 10.244.1.0/24 } accept",
+                "ip saddr { 10.244.0.0/16 } counter drop",
+                "ip saddr { 10.42.3.0/24 } ip daddr { 10.244.1.0/24 } counter drop",
+                "ip6 saddr { fd00:244:0:1::/64 } accept",
+                "ip6 saddr { fd00:244:0:2::/64 } ip6 daddr { fd00:244:0:1::/64 } counter drop",
+            ]
+        );
     }
 
     #[test]
     fn an_interface_name_that_would_break_out_of_the_quotes_is_refused() {
         for bad in ["wg\"0", "wg\\0", "wg\n0", "wg*"] {
-            assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[], &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
+            assert!(matches!(ruleset(bad, &cidrs(&["10.0.0.0/8"]), &[], &[], &[]), Err(GuardError::BadInterface(_))), "{bad:?}");
         }
     }
 

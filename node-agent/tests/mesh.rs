@@ -616,25 +616,31 @@ fn icmp_in_echos(ns: &str) -> u64 {
     icmp[1][at].parse().unwrap_or_else(|e| panic!("InEchos: {e}"))
 }
 
+/// A host on the underlay that sends as a pod of node 2, straight to node 1's pod (no tunnel),
+/// with node 1's rp_filter off, as on many Kubernetes nodes (routing does not stop a spoofed
+/// source then). Returns: send three echoes, tell how many reached the pod.
+fn spoofer(m: &mut Mesh) -> impl Fn() -> u64 {
+    let (node_ns, p1) = (m.node(1).ns.clone(), m.node(1).pods[0].clone());
+    for dev in ["all", "default", "eth0"] {
+        sysctl(&node_ns, &format!("net.ipv4.conf.{dev}.rp_filter=0"));
+    }
+    let host = m.underlay_host(99);
+    ip(&["-n", &host, "addr", "add", "10.244.2.99/32", "dev", "eth0"]);
+    ip(&["-n", &host, "route", "add", "10.244.1.0/24", "via", "192.168.77.1"]);
+    move || {
+        let before = icmp_in_echos(&p1.ns);
+        let _ = in_ns(&host, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.2.99", &p1.v4.to_string()]);
+        icmp_in_echos(&p1.ns) - before
+    }
+}
+
 #[test]
 fn a_remote_pod_address_arriving_outside_the_tunnel_never_reaches_a_pod() {
     let _serial = serial();
     let mut m = Mesh::new(2, 1);
     let (p1, p2) = (m.node(1).pods[0].clone(), m.node(2).pods[0].clone());
     let node_ns = m.node(1).ns.clone();
-    // rp_filter off, as on many Kubernetes nodes: routing does not stop a spoofed source then
-    for dev in ["all", "default", "eth0"] {
-        sysctl(&node_ns, &format!("net.ipv4.conf.{dev}.rp_filter=0"));
-    }
-    // A host on the underlay sends as a pod of node 2, straight to node 1's pod: no tunnel.
-    let host = m.underlay_host(99);
-    ip(&["-n", &host, "addr", "add", "10.244.2.99/32", "dev", "eth0"]);
-    ip(&["-n", &host, "route", "add", "10.244.1.0/24", "via", "192.168.77.1"]);
-    let spoof = || {
-        let before = icmp_in_echos(&p1.ns);
-        let _ = in_ns(&host, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.2.99", &p1.v4.to_string()]);
-        icmp_in_echos(&p1.ns) - before
-    };
+    let spoof = spoofer(&mut m);
     let drops = || guard_table(&node_ns).map_or(0, |t| wgmesh_node_agent::guard::dropped(&t).arriving);
 
     // Without the guard's inbound chain (agent stopped, chain deleted) the spoof gets through:
@@ -658,6 +664,45 @@ fn a_remote_pod_address_arriving_outside_the_tunnel_never_reaches_a_pod() {
     assert!(drops() >= before + 3, "not counted: {:?}", guard_table(&node_ns));
     // pods still reach each other through the tunnel, both ways
     assert!(ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v4, 2, "2"), "mesh traffic past the guard");
+}
+
+#[test]
+fn pods_outside_the_cluster_cidr_stay_off_the_underlay_both_ways() {
+    // Node 1's agent is given a cluster CIDR that covers neither node's pods (a wrong flag, or
+    // IPv6 on a dual-stack cluster given only its IPv4 range): no routing drop covers them, so
+    // the guard must keep pod packets to and from node 2's pods off the underlay by address.
+    let _serial = serial();
+    let mut m = Mesh::new(2, 1);
+    let (p1, p2) = (m.node(1).pods[0].clone(), m.node(2).pods[0].clone());
+    let node_ns = m.node(1).ns.clone();
+    let spoof = spoofer(&mut m);
+    m.kill_agent(1);
+    m.node_mut(1).cluster_cidrs = vec!["10.96.0.0/16".into()];
+    let _ = std::fs::remove_file(&m.node(1).readiness);
+    m.start_agent(1);
+    m.wait_ready(1);
+    assert!(wait_for(Duration::from_secs(5), || ping(&p1.ns, p2.v4, 1, "1")).is_some(), "mesh traffic: {}", m.log_tail(1));
+    let log = std::fs::read_to_string(&m.node(1).log).unwrap_or_default();
+    assert!(log.contains("10.244.2.0/24 of node n2 lies outside --cluster-cidr"), "no warning: {}", m.log_tail(1));
+    let guarded = || guard_table(&node_ns).is_some_and(|t| t.contains("ip saddr 10.244.2.0/24 ip daddr 10.244.1.0/24"));
+    assert!(wait_for(Duration::from_secs(3), guarded).is_some(), "inbound rule missing: {:?}", guard_table(&node_ns));
+    let drops = || guard_table(&node_ns).map_or_else(Default::default, |t| wgmesh_node_agent::guard::dropped(&t));
+
+    // In: a host on the underlay sends as node 2's pod straight to node 1's pod.
+    let before = drops().arriving;
+    assert_eq!(spoof(), 0, "a spoofed packet from node 2's pods reached the pod");
+    assert!(drops().arriving >= before + 3, "not counted: {:?}", guard_table(&node_ns));
+
+    // Out: no agent, and the policy rules flushed: routing sends the pod's packets to `main`.
+    let cap = m.capture();
+    m.kill_agent(1);
+    for fam in ["-4", "-6"] {
+        ip(&["-n", &node_ns, fam, "rule", "del", "priority", "100"]);
+    }
+    let before = drops().leaving;
+    assert!(!ping(&p1.ns, p2.v4, 3, "1"), "pod traffic with no rule and no agent");
+    assert!(drops().leaving >= before + 3, "the guard did not drop them: {:?}", guard_table(&node_ns));
+    only_wireguard(&mut m, cap);
 }
 
 /// `wg show IFACE WHAT` in node namespace `ns`, as lines of tab-separated fields.

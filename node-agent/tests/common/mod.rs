@@ -302,6 +302,8 @@ pub struct Node {
     pub engine: PathBuf,
     /// Whether its agent is told its pod CIDRs (`--pod-cidr`) or must learn them from its peer.
     pub pod_cidr_flags: bool,
+    /// The `--cluster-cidr`s its agent is given.
+    pub cluster_cidrs: Vec<String>,
 }
 
 impl Node {
@@ -502,6 +504,7 @@ impl Mesh {
             pods: Vec::new(),
             engine: tunnel_bin(),
             pod_cidr_flags: true,
+            cluster_cidrs: vec!["10.244.0.0/16".into(), "fd00:244::/48".into()],
         };
         self.nodes.push(node);
         if publish {
@@ -614,12 +617,7 @@ impl Mesh {
             .arg(&node.readiness)
             .arg("--engine-binary")
             .arg(&node.engine)
-            .args([
-                "--cluster-cidr",
-                "10.244.0.0/16",
-                "--cluster-cidr",
-                "fd00:244::/48",
-            ])
+            .args(node.cluster_cidrs.iter().flat_map(|c| ["--cluster-cidr", c]))
             .args(if node.pod_cidr_flags { vec!["--pod-cidr".to_string(), node.v4_cidr(), "--pod-cidr".into(), node.v6_cidr()] } else { vec![] })
             .args(["--interval-ms", "200"])
             .args(extra)
