@@ -63,9 +63,6 @@ impl PublicKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
 }
 
 impl fmt::Debug for PublicKey {
@@ -105,9 +102,6 @@ impl PrivateKey {
     }
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
         decode_hex(s).map(|b| Self::from_bytes(*b))
-    }
-    pub fn to_bytes(&self) -> Secret {
-        Zeroizing::new(self.0.to_bytes())
     }
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(self.0.as_bytes()))

@@ -58,20 +58,8 @@ pub struct Bind {
 
 fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: the option value is a live i32 of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let r = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as u32) };
+    (r == 0).then_some(()).ok_or_else(io::Error::last_os_error)
 }
 
 fn open(addr: SocketAddr, fwmark: u32) -> io::Result<Socket4or6> {

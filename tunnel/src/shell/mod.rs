@@ -15,6 +15,7 @@ use batch::Batch;
 use bind::Bind;
 use quinn_udp::RecvMeta;
 use std::collections::HashMap;
+use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -372,6 +373,8 @@ impl Engine {
             Vec::with_capacity(BATCH * 64);
         // (buffer, start, end) of each packet delivered in place, virtio header room included.
         let mut places: Vec<(usize, usize, usize)> = Vec::with_capacity(BATCH * 64);
+        // Those packets as slices: emptied after each round, the allocation kept.
+        let mut spare: Vec<&mut [u8]> = Vec::with_capacity(BATCH * 64);
         let mut tun_busy = false;
         while !self.stopped() {
             let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -401,14 +404,7 @@ impl Engine {
                     std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
                 match sock.recv(&mut slices, &mut meta) {
                     Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue
-                    }
+                    Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => continue,
                     Err(e) => {
                         tracing::debug!(error = %e, "UDP receive failed");
                         std::thread::sleep(Duration::from_millis(20));
@@ -474,10 +470,10 @@ impl Engine {
             let written = places.len() + batch.delivers().count();
             // Decrypted packets go to the TUN from where they were opened, behind the room
             // their data header leaves for the virtio header.
-            let mut pkts = Vec::with_capacity(places.len());
+            let mut pkts = recycle(std::mem::take(&mut spare));
             carve(&mut bufs, places.iter().copied(), |p| pkts.push(p));
             out.write(&self.tun, &mut pkts);
-            drop(pkts);
+            spare = recycle(pkts);
             self.flush(&mut batch, &mut [], &mut out);
             if (1..=INLINE_TUN_READ_MAX).contains(&written) {
                 self.read_tun_inline();
@@ -609,12 +605,9 @@ impl Engine {
 
     /// Serves one `set=1`; returns the errno to report (0 on success).
     pub fn uapi_set<'a>(&self, lines: impl IntoIterator<Item = &'a str>) -> i32 {
-        let req = match uapi::parse_set(lines) {
+        let req = match uapi::parse_set(lines).inspect_err(|e| tracing::info!(error = %e, "UAPI set rejected")) {
             Ok(r) => r,
-            Err(e) => {
-                tracing::info!(error = %e, "UAPI set rejected");
-                return e.errno();
-            }
+            Err(e) => return e.errno(),
         };
         // A link just set up is up before the next tick: the kernel binds at link-up, so a
         // keepalive in this request (the agent's handshake kick) must find a socket.
@@ -653,13 +646,7 @@ impl Engine {
         let applied = uapi::apply(&mut st.dev, req, clock, &mut batch);
         drop(st);
         self.flush(&mut batch, &mut [], &mut TunWriter::default());
-        match applied {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::info!(error = %e, "UAPI set stopped");
-                e.errno()
-            }
-        }
+        applied.inspect_err(|e| tracing::info!(error = %e, "UAPI set stopped")).map_or_else(|e| e.errno(), |()| 0)
     }
 }
 
@@ -712,6 +699,13 @@ fn carve<'a>(bufs: &'a mut [Vec<u8>], ranges: impl Iterator<Item = (usize, usize
         f(piece);
         current = Some((bi, tail, end));
     }
+}
+
+/// An emptied list of slices, free to borrow anew; collected in place, so no allocation.
+#[allow(clippy::unnecessary_filter_map, reason = "filter would keep the old lifetime")]
+fn recycle<'b>(mut v: Vec<&mut [u8]>) -> Vec<&'b mut [u8]> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// The output `finish_data` writes into: a delivered packet that lies inside its datagram
@@ -890,6 +884,16 @@ mod tests {
         open_all(&mut bufs, &segs, &mut jobs);
         let failed = |j: &Check| matches!(j, Some(Err(Outcome::Dropped(Drop::InvalidAuthentication))));
         assert!(jobs[0].is_none() && jobs[1..].iter().all(failed));
+    }
+
+    #[test]
+    fn the_list_of_delivered_packets_is_reused_without_an_allocation() {
+        let (mut a, mut b) = ([1u8; 8], [2u8; 8]);
+        let mut v: Vec<&mut [u8]> = Vec::with_capacity(64);
+        v.extend([&mut a[..], &mut b[..]]);
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        let (v, n) = wgmesh_leakcheck::allocations(|| recycle(v));
+        assert_eq!((n, v.len(), v.capacity(), v.as_ptr() as usize), (0, 0, cap, ptr));
     }
 
     #[test]
