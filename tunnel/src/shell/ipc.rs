@@ -42,7 +42,7 @@ pub fn serve(engine: Arc<Engine>, listener: UnixListener) {
                     }
                 });
             }
-            // Woken by a connection, not by a clock: `wg` is answered at once, idle costs nothing.
+            // Woken by a connection, so `wg` is answered at once, or by the tick, to see a stop.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => _ = super::wait_readable(listener.as_raw_fd(), None, super::TICK),
             Err(e) => {
                 tracing::warn!(error = %e, "UAPI accept failed");
