@@ -148,8 +148,8 @@ pub struct Agent {
     /// Every prefix of a desired peer, configured or left out: the guard keeps pods' packets
     /// to those outside the pod network off the underlay.
     desired_prefixes: Vec<IpCidr>,
-    /// The other nodes' prefixes (pod CIDRs): the guard keeps those outside the cluster CIDRs
-    /// off the underlay for local pods both ways.
+    /// The other nodes' pod CIDRs: the guard keeps those outside the cluster CIDRs off the
+    /// underlay for local pods both ways.
     node_prefixes: Vec<IpCidr>,
     local: LocalNode,
     applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
@@ -402,7 +402,12 @@ impl Agent {
             let nodes = desired.iter().filter_map(|d| Some((d.node_name.as_deref()?, d.allowed_ips.as_slice())));
             for (node, c) in outside_cluster(&self.cfg.cluster_cidrs, nodes.chain([(self.cfg.node_name.as_str(), local.pod_cidrs.as_slice())])) {
                 warnings.push(format!(
-                    "{c} of node {node} lies outside --cluster-cidr: it gets no unreachable route, and the underlay guard covers only pods' packets to and from it, not the node's own; add it to the cluster CIDRs"
+                    "{c} of node {node} lies outside --cluster-cidr: it gets no unreachable route{}; add it to the cluster CIDRs",
+                    if self.cfg.nft_guard {
+                        ", and the underlay guard covers only packets from pods to it and from it to this node's pods"
+                    } else {
+                        " and, with --no-nft-guard, no drop either: a flushed policy rule could send its pods' packets in plaintext"
+                    }
                 ));
             }
         }
@@ -424,7 +429,9 @@ impl Agent {
         }
         self.peers = peers;
         self.desired_prefixes = desired.iter().flat_map(|d| d.allowed_ips.iter().copied()).collect();
-        self.node_prefixes = desired.iter().filter(|d| d.node_name.is_some()).flat_map(|d| d.allowed_ips.iter().copied()).collect();
+        // every other Node's, taking part or not: a node that left the mesh may still run pods
+        let others = input.nodes.iter().filter(|n| n.metadata.name.as_deref() != Some(self.cfg.node_name.as_str()));
+        self.node_prefixes = others.flat_map(|n| wgmesh_api::node::node_facts(n).pod_cidrs).collect();
         self.local = local;
         self.resolved_at = Some(Instant::now());
         Ok(())

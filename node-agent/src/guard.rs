@@ -45,7 +45,8 @@ pub enum GuardError {
 /// from a remote pod (a cluster CIDR but no local pod CIDR) pass only from `interface`, where
 /// WireGuard authenticated them; one on any other interface is plaintext or spoofed. Pods of
 /// a node outside the cluster CIDRs (`node_prefixes`, say IPv6 on a dual-stack cluster given
-/// only its IPv4 range) are matched as pods only by their addresses on this node's side.
+/// only its IPv4 range; every other Node's, a peer or not) are matched as pods only by their
+/// addresses on this node's side.
 pub fn ruleset(
     interface: &str,
     cluster_cidrs: &[IpCidr],
@@ -76,7 +77,7 @@ pub fn ruleset(
             // wrong one cannot cut off the node's own traffic: out to peers' (before srcnat at
             // priority 100, so a pod's address is still the source here), in from other nodes' pods.
             let (src, dst) = match addr {
-                "daddr" => (pods, outside(peer_prefixes, family)),
+                "daddr" => (pods, outside(&[peer_prefixes, node_prefixes].concat(), family)),
                 _ => (outside(node_prefixes, family), local.clone()),
             };
             let beyond = !src.is_empty() && !dst.is_empty();
@@ -350,7 +351,8 @@ mod tests {
             &cidrs(&["10.244.0.0/16"]),
             &cidrs(&["10.244.1.0/24", "fd00:244:0:1::/64"]),
             &cidrs(&["10.244.2.0/24", "fd00:244:0:2::/64", "10.42.3.0/24", "192.168.100.0/24"]),
-            &cidrs(&["10.244.2.0/24", "fd00:244:0:2::/64", "10.42.3.0/24"]),
+            // and a node that takes no part (not a peer): still guarded
+            &cidrs(&["10.244.2.0/24", "fd00:244:0:2::/64", "10.42.3.0/24", "10.42.4.0/24"]),
         )
         .unwrap();
         let rules: Vec<&str> = s.lines().map(str::trim).filter(|l| l.contains("drop") || l.contains("daddr") || l.contains("saddr")).collect();
@@ -359,13 +361,13 @@ mod tests {
             [
                 "ip daddr { 10.244.1.0/24 } accept",
                 "ip daddr { 10.244.0.0/16 } counter drop",
-                "ip saddr { 10.244.0.0/16 } ip daddr { 10.42.3.0/24, 192.168.100.0/24 } counter drop",
+                "ip saddr { 10.244.0.0/16 } ip daddr { 10.42.3.0/24, 10.42.4.0/24, 192.168.100.0/24 } counter drop",
                 "ip6 daddr { fd00:244:0:1::/64 } accept",
                 "ip6 saddr { fd00:244:0:1::/64 } ip6 daddr { fd00:244:0:2::/64 } counter drop",
                 // in: only other nodes' pods, and only to local pods; an external peer's network is left alone
                 "ip saddr { 10.244.1.0/24 } accept",
                 "ip saddr { 10.244.0.0/16 } counter drop",
-                "ip saddr { 10.42.3.0/24 } ip daddr { 10.244.1.0/24 } counter drop",
+                "ip saddr { 10.42.3.0/24, 10.42.4.0/24 } ip daddr { 10.244.1.0/24 } counter drop",
                 "ip6 saddr { fd00:244:0:1::/64 } accept",
                 "ip6 saddr { fd00:244:0:2::/64 } ip6 daddr { fd00:244:0:1::/64 } counter drop",
             ]

@@ -681,11 +681,19 @@ fn pods_outside_the_cluster_cidr_stay_off_the_underlay_both_ways() {
     let _ = std::fs::remove_file(&m.node(1).readiness);
     m.start_agent(1);
     m.wait_ready(1);
-    assert!(wait_for(Duration::from_secs(5), || ping(&p1.ns, p2.v4, 1, "1")).is_some(), "mesh traffic: {}", m.log_tail(1));
+    // Both families in nft, IPv6 without any cluster CIDR (this underlay carries no IPv6 to leak).
+    let guarded = |t: String| {
+        ["ip saddr 10.244.2.0/24 ip daddr 10.244.1.0/24", "ip6 saddr fd00:244:0:1::/64 ip6 daddr fd00:244:0:2::/64"]
+            .iter()
+            .all(|r| t.contains(r))
+    };
+    let loaded = wait_for(Duration::from_secs(3), || guard_table(&node_ns).is_some_and(guarded));
+    assert!(loaded.is_some(), "guard rules missing: {:?}", guard_table(&node_ns));
     let log = std::fs::read_to_string(&m.node(1).log).unwrap_or_default();
     assert!(log.contains("10.244.2.0/24 of node n2 lies outside --cluster-cidr"), "no warning: {}", m.log_tail(1));
-    let guarded = || guard_table(&node_ns).is_some_and(|t| t.contains("ip saddr 10.244.2.0/24 ip daddr 10.244.1.0/24"));
-    assert!(wait_for(Duration::from_secs(3), guarded).is_some(), "inbound rule missing: {:?}", guard_table(&node_ns));
+    // the mesh itself passes the guard, both ways, both families
+    let both = || ping(&p1.ns, p2.v4, 1, "1") && ping(&p2.ns, p1.v4, 1, "1") && ping(&p1.ns, p2.v6, 1, "1");
+    assert!(wait_for(Duration::from_secs(5), both).is_some(), "mesh traffic: {}", m.log_tail(1));
     let drops = || guard_table(&node_ns).map_or_else(Default::default, |t| wgmesh_node_agent::guard::dropped(&t));
 
     // In: a host on the underlay sends as node 2's pod straight to node 1's pod.
