@@ -23,8 +23,8 @@ pub enum Reason {
     AllowedIPsOverlap,
     /// An external peer claims addresses of the cluster's pod network.
     PodCIDROverlap,
-    /// An external peer's allowedIPs contain an address of a node (its own traffic, kubelet's
-    /// and the API server's, would enter the tunnel).
+    /// An external peer's allowedIPs, or a node's pod CIDR or tunnel address, contain an
+    /// address of a node (its own traffic, kubelet's and the API server's, would enter the tunnel).
     NodeAddressOverlap,
     /// The keepalive annotation of a node is not a number of seconds.
     InvalidKeepalive,

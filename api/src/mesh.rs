@@ -308,6 +308,11 @@ impl Mesh {
                 pod_cidrs.insert(*c, *owner);
             }
         }
+        // every node's addresses on their own, for the nodes' prefixes (externals meet them in `reserved`)
+        let mut addresses = Claims::default();
+        for (c, owner) in reserved_cidrs.iter().filter(|(_, o)| matches!(o, Owner::NodeAddress(_))) {
+            addresses.insert(*c, *owner);
+        }
         for (c, owner) in reserved_cidrs {
             if reserved.find(&c).is_none() {
                 reserved.insert(c, owner);
@@ -332,6 +337,15 @@ impl Mesh {
                 m.verdict = m.verdict.and(Err(Problem::new(
                     Reason::PodCIDROverlap,
                     format!("tunnel address {} lies in {}", ip.addr(), names.describe(owner, other)),
+                )));
+            }
+            // a node's prefix over a node's address (pods and nodes numbered from one range)
+            // would take that node's own traffic into the tunnel, as an external peer's would
+            let over_node = m.allowed_ips.iter().filter(|_| !is_external).find_map(|c| Some((c, addresses.find(c)?)));
+            if let Some((c, (other, owner))) = over_node {
+                m.verdict = m.verdict.and(Err(Problem::new(
+                    Reason::NodeAddressOverlap,
+                    format!("{c} contains {}", names.describe(owner, other)),
                 )));
             }
             if m.verdict.is_ok() {

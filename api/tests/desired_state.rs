@@ -382,6 +382,23 @@ fn an_external_peer_routing_a_node_address_is_refused_so_node_traffic_never_ente
 }
 
 #[test]
+fn a_node_whose_pod_cidr_holds_a_node_address_is_refused() {
+    // pods and nodes numbered from one range: node c's pod CIDR holds node a's and its own address
+    let c = node("c", Some(&key(3)), "192.168.0.3", &["192.168.0.0/24"]);
+    let d = node("d", Some(&key(4)), "192.168.1.4", &["10.244.4.0/24"]);
+    let nodes: Vec<_> = two_nodes().into_iter().chain([c, d]).collect();
+    let mesh = Mesh::build(&nodes, [], &MeshConfig::default());
+    assert_eq!(verdict(&mesh, "node-c"), Some(Reason::NodeAddressOverlap));
+    let msg = mesh.member("node-c").and_then(|m| m.verdict.clone().err()).map(|p| p.message).unwrap_or_default();
+    assert!(msg.contains("192.168.0.0/24 contains 192.168.0.") && msg.contains("an address of node"), "{msg}");
+    // the others stay, and none routes c's range
+    for n in ["node-a", "node-b", "node-d"] {
+        assert_eq!(verdict(&mesh, n), None, "{n}");
+    }
+    assert_eq!(names(&mesh.peers_for_node("a")), vec!["node-b", "node-d"]);
+}
+
+#[test]
 fn node_problems_exclude_the_node_and_are_reported() {
     let nodes = vec![
         node("a", Some(&key(1)), "192.168.0.1", &["10.244.0.0/24"]),
