@@ -100,6 +100,12 @@ impl IpCidr {
         a0 <= b1 && b0 <= a1
     }
 
+    /// True if every address of `other` lies inside this prefix.
+    pub fn covers(&self, other: &IpCidr) -> bool {
+        let ((a0, a1), (b0, b1)) = (self.range(), other.range());
+        self.family() == other.family() && a0 <= b0 && b1 <= a1
+    }
+
     /// True if `ip` lies inside this prefix.
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.overlaps(&IpCidr::host(ip))
@@ -261,6 +267,10 @@ mod tests {
         assert!(c("10.1.0.0/16").overlaps(&c("10.0.0.0/8")));
         assert!(!c("10.0.0.0/24").overlaps(&c("10.0.1.0/24")));
         assert!(!c("0.0.0.0/0").overlaps(&c("::/0")));
+        // covers: the whole of the other, of the same family
+        assert!(c("10.0.0.0/8").covers(&c("10.1.0.0/16")) && c("10.0.0.0/8").covers(&c("10.0.0.0/8")));
+        assert!(!c("10.1.0.0/16").covers(&c("10.0.0.0/8")) && !c("10.0.0.0/24").covers(&c("10.0.1.0/24")));
+        assert!(!c("0.0.0.0/0").covers(&c("::/0")) && c("::/0").covers(&c("fd00::/64")));
         assert!(c("10.0.0.0/24").contains("10.0.0.255".parse().unwrap()));
     }
 

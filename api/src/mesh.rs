@@ -173,6 +173,17 @@ impl Claims {
         (*fam == c.family() && *claim_end >= start).then_some((*cidr, *owner))
     }
 
+    /// The prefixes in order, each unless an earlier one overlaps it.
+    fn first_of<'a>(list: impl IntoIterator<Item = &'a (IpCidr, Owner)>) -> Claims {
+        let mut claims = Claims::default();
+        for (c, owner) in list {
+            if claims.find(c).is_none() {
+                claims.insert(*c, *owner);
+            }
+        }
+        claims
+    }
+
     fn insert(&mut self, c: IpCidr, owner: Owner) {
         let (start, end) = c.range();
         self.map.insert((c.family(), start), (end, c, owner));
@@ -286,7 +297,6 @@ impl Mesh {
         let external_candidates = sort_large(external_candidates, by_rank);
 
         // the pod network: bigger prefixes first, so a contained one is safely skipped
-        let mut reserved = Claims::default();
         // a prefix reserved twice goes to the cluster, then to the node first by name: which
         // owner a conflict names must not depend on the order the Nodes were listed in
         let owner_rank = |o: &Owner| match o {
@@ -302,22 +312,10 @@ impl Mesh {
         });
         // every node's pod CIDRs on their own (the cluster network above swallows them), so a
         // tunnel address another node's pods use is blamed on the override, whichever is older
-        let mut pod_cidrs = Claims::default();
-        for (c, owner) in reserved_cidrs.iter().filter(|(_, o)| matches!(o, Owner::PodCidr(_))) {
-            if pod_cidrs.find(c).is_none() {
-                pod_cidrs.insert(*c, *owner);
-            }
-        }
+        let pod_cidrs = Claims::first_of(reserved_cidrs.iter().filter(|(_, o)| matches!(o, Owner::PodCidr(_))));
         // every node's addresses on their own, for the nodes' prefixes (externals meet them in `reserved`)
-        let mut addresses = Claims::default();
-        for (c, owner) in reserved_cidrs.iter().filter(|(_, o)| matches!(o, Owner::NodeAddress(_))) {
-            addresses.insert(*c, *owner);
-        }
-        for (c, owner) in reserved_cidrs {
-            if reserved.find(&c).is_none() {
-                reserved.insert(c, owner);
-            }
-        }
+        let addresses = Claims::first_of(reserved_cidrs.iter().filter(|(_, o)| matches!(o, Owner::NodeAddress(_))));
+        let reserved = Claims::first_of(&reserved_cidrs);
 
         let mut keys: HashMap<PublicKey, usize> = HashMap::new();
         let mut claims = Claims::default();

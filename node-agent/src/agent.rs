@@ -118,7 +118,7 @@ pub fn outside_cluster<'a>(
     cluster: &[IpCidr],
     nodes: impl IntoIterator<Item = (&'a str, &'a [IpCidr])>,
 ) -> Vec<(&'a str, IpCidr)> {
-    let inside = |c: &IpCidr| cluster.iter().any(|k| k.family() == c.family() && k.prefix() <= c.prefix() && k.contains(c.addr()));
+    let inside = |c: &IpCidr| cluster.iter().any(|k| k.covers(c));
     nodes.into_iter().flat_map(|(n, cs)| cs.iter().filter(|c| !inside(c)).map(move |c| (n, *c))).collect()
 }
 

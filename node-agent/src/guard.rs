@@ -65,7 +65,7 @@ pub fn ruleset(
     let chain = |name: &str, hook: &str, priority: i32, dev: &str, addr: &str| {
         let mut rules = format!("\t\t{dev} \"{interface}\" accept\n\t\t{dev} \"lo\" accept\n");
         let outside = |ps: &[IpCidr], family| {
-            let inside = |p: &IpCidr| cluster_cidrs.iter().any(|c| c.family() == p.family() && c.prefix() <= p.prefix() && c.contains(p.addr()));
+            let inside = |p: &IpCidr| cluster_cidrs.iter().any(|c| c.covers(p));
             outermost(&ps.iter().filter(|p| !inside(p)).copied().collect::<Vec<_>>(), family)
         };
         for (family, ip) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
@@ -106,10 +106,7 @@ pub fn ruleset(
 /// elements), sorted and printed.
 fn outermost(cidrs: &[IpCidr], family: Family) -> Vec<String> {
     let mine: Vec<&IpCidr> = cidrs.iter().filter(|c| c.family() == family).collect();
-    let inside = |c: &IpCidr, o: &IpCidr| {
-        let ((c0, c1), (o0, o1)) = (c.range(), o.range());
-        o0 <= c0 && c1 <= o1 && (c0, c1) != (o0, o1)
-    };
+    let inside = |c: &IpCidr, o: &IpCidr| o.covers(c) && c.range() != o.range();
     let mut out: Vec<&IpCidr> = mine.iter().copied().filter(|c| !mine.iter().any(|o| inside(c, o))).collect();
     out.sort();
     out.dedup();
