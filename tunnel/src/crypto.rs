@@ -26,10 +26,7 @@ pub fn hash(parts: &[&[u8]]) -> [u8; 32] {
 /// MAC(key, parts...) = keyed BLAKE2s with a 16-byte output (mac1, mac2 and cookies).
 pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
     // Keys here are always 16 or 32 bytes, which keyed BLAKE2s accepts.
-    let mut m = match <Blake2sMac<U16> as DigestKeyInit>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => return [0; 16],
-    };
+    let Ok(mut m) = <Blake2sMac<U16> as DigestKeyInit>::new_from_slice(key) else { return [0; 16] };
     for p in parts {
         Update::update(&mut m, p);
     }
@@ -119,8 +116,7 @@ pub fn open_with(cipher: &Aead, counter: u64, ad: &[u8], buf: &mut [u8]) -> bool
 
 /// RFC 7539 AEAD with an explicit 96-bit nonce (for known-answer tests).
 pub fn seal_nonce(cipher: &Aead, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) {
-    let n = buf.len() - TAG_LEN;
-    let (text, tag) = buf.split_at_mut(n);
+    let (text, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
     // Sealing only fails for inputs over 256 GiB, which a datagram cannot be; were it to,
     // zeros go out (failing the peer's check), never the plaintext.
     let t = match cipher.vector_for(text.len()) {
@@ -162,8 +158,7 @@ pub fn open(key: &[u8; 32], counter: u64, ad: &[u8], buf: &mut [u8]) -> bool {
 
 /// XChaCha20-Poly1305, used only for the cookie reply.
 pub fn xseal(key: &[u8; 32], nonce: &[u8; 24], ad: &[u8], buf: &mut [u8]) {
-    let n = buf.len() - TAG_LEN;
-    let (text, tag) = buf.split_at_mut(n);
+    let (text, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
     let c = XChaCha20Poly1305::new(key.into());
     if let Ok(t) = c.encrypt_in_place_detached(XNonce::from_slice(nonce), ad, text) {
         tag.copy_from_slice(&t);
@@ -174,8 +169,7 @@ pub fn xopen(key: &[u8; 32], nonce: &[u8; 24], ad: &[u8], buf: &mut [u8]) -> boo
     if buf.len() < TAG_LEN {
         return false;
     }
-    let n = buf.len() - TAG_LEN;
-    let (text, tag) = buf.split_at_mut(n);
+    let (text, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
     let tag = Tag::clone_from_slice(tag);
     let c = XChaCha20Poly1305::new(key.into());
     c.decrypt_in_place_detached(XNonce::from_slice(nonce), ad, text, &tag).is_ok()

@@ -156,6 +156,7 @@ pub struct Device<R: RngCore + CryptoRng = OsRng> {
     index: IndexTable,
     pub allowed_ips: AllowedIps<PeerId>,
     limiter: RateLimiter,
+    icmp_limiter: RateLimiter,
     load: Load,
     pub under_load_threshold: u32,
     pub handshake_rate: u32,
@@ -202,6 +203,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             index: IndexTable::default(),
             allowed_ips: AllowedIps::default(),
             limiter: RateLimiter::default(),
+            icmp_limiter: RateLimiter::default(),
             load: Load::default(),
             under_load_threshold: DEFAULT_UNDER_LOAD_THRESHOLD,
             handshake_rate: DEFAULT_HANDSHAKE_RATE,
@@ -318,7 +320,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             self.with_peer(id, |dev, peer| {
                 if up {
                     dev.send_staged(peer, id, None, now, out);
-                    if peer.persistent_keepalive() > 0 {
+                    if peer.timers.persistent_keepalive > 0 {
                         dev.send_keepalive(peer, id, now, out);
                     }
                 } else {
@@ -430,15 +432,26 @@ impl<R: RngCore + CryptoRng> Device<R> {
             return Outcome::Dropped(Drop::InvalidInnerPacket);
         };
         let Some(id) = self.allowed_ips.lookup(dst) else {
-            return Outcome::Dropped(Drop::NoRoute);
+            return self.unreachable(packet, Drop::NoRoute, now, out);
         };
         self.with_peer(id, |dev, peer| {
             if peer.endpoint.is_none() {
-                return Outcome::Dropped(Drop::NoEndpoint);
+                return dev.unreachable(packet, Drop::NoEndpoint, now, out);
             }
             dev.send_staged(peer, id, Some(packet), now, out)
         })
         .unwrap_or(Outcome::Dropped(Drop::NoRoute))
+    }
+
+    /// Answers a packet no peer can take with an ICMP error, as the kernel does, at most 20 a
+    /// second per sender (the kernel's ICMP rate limit is per destination too).
+    fn unreachable(&mut self, packet: &[u8], why: Drop, now: Clock, out: &mut impl Output) -> Outcome {
+        let mut buf = [0u8; 1280];
+        match (ip::unreachable(packet, &mut buf), ip::source_and_len(packet)) {
+            (Some(n), Some((to, _))) if self.icmp_limiter.allow(to, now.mono) => out.deliver(&buf[..n]),
+            _ => {}
+        }
+        Outcome::Dropped(why)
     }
 
     /// A datagram received on the WireGuard port from `from`. Decrypts in place.
@@ -509,8 +522,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
     }
 
     fn clear_keypairs(&mut self, peer: &mut Peer) {
-        let old = peer.keypairs.clear();
-        self.drop_keypairs(old);
+        self.drop_keypairs(peer.keypairs.clear());
     }
 
     /// A fresh handshake index for `id`, replacing the handshake's previous one.
@@ -527,8 +539,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             return;
         };
         self.index.set(local, Entry::Keypair(id));
-        let displaced = peer.keypairs.insert(Box::new(Keypair::new(&s, local, now.mono)));
-        self.drop_keypairs(displaced);
+        self.drop_keypairs(peer.keypairs.insert(Box::new(Keypair::new(&s, local, now.mono))));
         peer.timers.session_derived(now.mono);
     }
 
@@ -590,7 +601,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if let Some(to) = peer.endpoint {
             out.send_data(
                 to,
-                SealJob { key: kp.send_key(), receiver: kp.remote_index, counter, plaintext: packet, padded },
+                SealJob { key: &kp.send, receiver: kp.remote_index, counter, plaintext: packet, padded },
             );
             peer.tx_bytes += (msg::DATA_OVERHEAD + padded) as u64;
         }
@@ -727,7 +738,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 self.clear_keypairs(peer);
             }
             Timer::PersistentKeepalive => {
-                if peer.persistent_keepalive() > 0 {
+                if peer.timers.persistent_keepalive > 0 {
                     self.send_keepalive(peer, id, now, out);
                 }
             }
@@ -834,18 +845,13 @@ impl<R: RngCore + CryptoRng> Device<R> {
     }
 
     fn receive_cookie_reply(&mut self, m: &[u8], now: Clock) -> Outcome {
-        let Some(entry) = self.index.get(msg::u32_at(m, msg::cookie_reply::RECEIVER)) else {
-            return Outcome::Dropped(Drop::UnknownIndex);
-        };
         // A cookie reply proves nothing about the sender's address: no roaming, no rx bytes.
-        self.with_peer(entry.peer(), |_, peer| {
-            if peer.cookie.consume_reply(m, now.mono) {
-                Outcome::CookieConsumed
-            } else {
-                Outcome::Dropped(Drop::InvalidAuthentication)
-            }
-        })
-        .unwrap_or(Outcome::Dropped(Drop::UnknownIndex))
+        let entry = self.index.get(msg::u32_at(m, msg::cookie_reply::RECEIVER));
+        match entry.and_then(|e| self.with_peer(e.peer(), |_, peer| peer.cookie.consume_reply(m, now.mono))) {
+            Some(true) => Outcome::CookieConsumed,
+            Some(false) => Outcome::Dropped(Drop::InvalidAuthentication),
+            None => Outcome::Dropped(Drop::UnknownIndex),
+        }
     }
 
     /// Transport data, in the kernel's order: keypair, decrypt, replay, key confirmation,
@@ -878,7 +884,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if !kp.replay.would_accept(counter) {
             return Err(Outcome::Dropped(Drop::Replay));
         }
-        Ok(OpenJob { key: kp.recv_key().clone(), counter, peer: id, local })
+        Ok(OpenJob { key: kp.recv.clone(), counter, peer: id, local })
     }
 
     /// Everything after a successful decryption of `d` in place (see `begin_data`).
@@ -909,15 +915,13 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 peer.timers.data_received(now.mono);
             }
             if slot == crate::keypair::Slot::Next {
-                let dropped = peer.keypairs.promote_next();
-                dev.drop_keypairs([dropped]);
+                dev.drop_keypairs([peer.keypairs.promote_next()]);
                 peer.timers.handshake_complete();
                 peer.last_handshake = Some(now.wall);
                 dev.send_staged(peer, id, None, now, out);
             }
             // After a rotation, old-key sessions end as soon as the peer uses a newer one.
-            let old = peer.keypairs.end_old_key(job.local);
-            dev.drop_keypairs([old]);
+            dev.drop_keypairs([peer.keypairs.end_old_key(job.local)]);
             dev.keep_key_fresh_on_receive(peer, id, now, out);
             if is_keepalive {
                 peer.rx_bytes += d.len() as u64;

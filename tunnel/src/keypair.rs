@@ -12,8 +12,8 @@ pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 pub struct Keypair {
-    send: Arc<crypto::Aead>,
-    recv: Arc<crypto::Aead>,
+    pub(crate) send: Arc<crypto::Aead>,
+    pub(crate) recv: Arc<crypto::Aead>,
     pub send_counter: u64,
     /// Cleared when our private key changes or the counter runs out.
     pub send_valid: bool,
@@ -61,14 +61,6 @@ impl Keypair {
         Some(counter)
     }
 
-    pub fn send_key(&self) -> &Arc<crypto::Aead> {
-        &self.send
-    }
-
-    pub fn recv_key(&self) -> &Arc<crypto::Aead> {
-        &self.recv
-    }
-
     /// Seals `buf[16..16 + padded_len]` in place behind a data header; returns the datagram
     /// length, or `None` when the counter is exhausted (the keypair is then unusable).
     pub fn seal(&mut self, buf: &mut [u8], padded_len: usize) -> Option<usize> {
@@ -88,7 +80,7 @@ pub fn seal_data(key: &crypto::Aead, receiver: u32, counter: u64, buf: &mut [u8]
     let end = msg::DATA_HEADER_LEN + padded_len + TAG_LEN;
     msg::put_u32(buf, 0, msg::DATA);
     msg::put_u32(buf, data::RECEIVER, receiver);
-    msg::put_u64(buf, data::COUNTER, counter);
+    buf[data::COUNTER..data::COUNTER + 8].copy_from_slice(&counter.to_le_bytes());
     crypto::seal_with(key, counter, &[], &mut buf[msg::DATA_HEADER_LEN..end]);
     end
 }
@@ -136,9 +128,7 @@ impl Keypairs {
             if let Some(next) = self.next.take() {
                 [self.previous.replace(next), self.current.replace(kp)]
             } else {
-                let old_prev = std::mem::replace(&mut self.previous, self.current.take());
-                self.current = Some(kp);
-                [old_prev, None]
+                [std::mem::replace(&mut self.previous, self.current.replace(kp)), None]
             }
         } else {
             // Responder: unusable for sending until the initiator proves it has it.
@@ -149,9 +139,7 @@ impl Keypairs {
     /// Key confirmation: the first packet under `next` promotes it; returns the dropped one.
     pub fn promote_next(&mut self) -> Option<Box<Keypair>> {
         let next = self.next.take()?;
-        let old_prev = std::mem::replace(&mut self.previous, self.current.take());
-        self.current = Some(next);
-        old_prev
+        std::mem::replace(&mut self.previous, self.current.replace(next))
     }
 
     /// After a key rotation: these sessions were made under a key that is gone.

@@ -99,7 +99,3 @@ pub fn array_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
 pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
-
-pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}

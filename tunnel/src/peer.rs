@@ -56,8 +56,4 @@ impl Peer {
             self.staged.pop_front();
         }
     }
-
-    pub fn persistent_keepalive(&self) -> u16 {
-        self.timers.persistent_keepalive
-    }
 }

@@ -114,15 +114,16 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
     for line in lines {
         // Not echoed: a line without '=' may be a bare key pasted in.
         let (key, value) = line.split_once('=').ok_or_else(|| UapiError::Protocol(format!("{} bytes", line.len())))?;
+        let bad = || invalid(key, value);
         if key == "public_key" {
-            let pk = PublicKey::from_hex(value).map_err(|_| invalid(key, value))?;
+            let pk = PublicKey::from_hex(value).map_err(|_| bad())?;
             req.peers.push(PeerConf { public_key: Some(pk), ..Default::default() });
             continue;
         }
         let Some(peer) = req.peers.last_mut() else {
             match key {
                 "private_key" | "rotate_private_key" => {
-                    let k = PrivateKey::from_hex(value).map_err(|_| invalid(key, value))?;
+                    let k = PrivateKey::from_hex(value).map_err(|_| bad())?;
                     let zero = value.bytes().all(|b| b == b'0');
                     let rotate = key == "rotate_private_key";
                     // Clearing the key is no rotation.
@@ -132,8 +133,8 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
                     req.private_key = Some((!zero).then_some(k));
                     req.keep_sessions = rotate;
                 }
-                "listen_port" => req.listen_port = Some(value.parse().map_err(|_| invalid(key, value))?),
-                "fwmark" => req.fwmark = Some(value.parse().map_err(|_| invalid(key, value))?),
+                "listen_port" => req.listen_port = Some(value.parse().map_err(|_| bad())?),
+                "fwmark" => req.fwmark = Some(value.parse().map_err(|_| bad())?),
                 "replace_peers" => req.replace_peers = parse_bool(key, value)?,
                 _ => return Err(UapiError::UnknownKey(key.into())),
             }
@@ -142,23 +143,14 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
         match key {
             "remove" => peer.remove = parse_bool(key, value)?,
             "update_only" => peer.update_only = parse_bool(key, value)?,
-            "preshared_key" => {
-                peer.preshared_key = Some(PresharedKey::from_hex(value).map_err(|_| invalid(key, value))?)
-            }
-            "endpoint" => peer.endpoint = Some(parse_endpoint(value).ok_or_else(|| invalid(key, value))?),
-            "persistent_keepalive_interval" => {
-                peer.persistent_keepalive = Some(value.parse().map_err(|_| invalid(key, value))?)
-            }
+            "preshared_key" => peer.preshared_key = Some(PresharedKey::from_hex(value).map_err(|_| bad())?),
+            "endpoint" => peer.endpoint = Some(parse_endpoint(value).ok_or_else(bad)?),
+            "persistent_keepalive_interval" => peer.persistent_keepalive = Some(value.parse().map_err(|_| bad())?),
             "replace_allowed_ips" => peer.replace_allowed_ips = parse_bool(key, value)?,
-            "rotate_public_key" => {
-                peer.new_public_key = Some(PublicKey::from_hex(value).map_err(|_| invalid(key, value))?)
-            }
+            "rotate_public_key" => peer.new_public_key = Some(PublicKey::from_hex(value).map_err(|_| bad())?),
             "allowed_ip" => {
-                let (remove, prefix) = match value.strip_prefix('-') {
-                    Some(rest) => (true, rest),
-                    None => (false, value),
-                };
-                let (ip, len) = parse_prefix(prefix).ok_or_else(|| invalid(key, value))?;
+                let (remove, prefix) = value.strip_prefix('-').map_or((false, value), |rest| (true, rest));
+                let (ip, len) = parse_prefix(prefix).ok_or_else(bad)?;
                 peer.allowed_ips.push((remove, ip, len));
             }
             "protocol_version" if value == "1" => {}
@@ -268,7 +260,7 @@ pub fn get<R: RngCore + CryptoRng>(dev: &Device<R>, listen_port: u16, fwmark: u3
         let _ = writeln!(s, "last_handshake_time_nsec={}", hs.subsec_nanos());
         let _ = writeln!(s, "tx_bytes={}", p.tx_bytes);
         let _ = writeln!(s, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(s, "persistent_keepalive_interval={}", p.persistent_keepalive());
+        let _ = writeln!(s, "persistent_keepalive_interval={}", p.timers.persistent_keepalive);
         for (ip, len) in ips.remove(&id).unwrap_or_default() {
             let _ = writeln!(s, "allowed_ip={ip}/{len}");
         }

@@ -292,6 +292,23 @@ fn captured(lab: &Lab, ns: &str, dev: &str, filter: &str, f: impl FnOnce()) -> V
     String::from_utf8_lossy(&seen.stdout).lines().filter(|l| l.contains(" IP (") || l.contains(" IP6 (")).map(String::from).collect()
 }
 
+/// wg_xmit's ICMP errors: a destination no peer takes fails at once, for ping and for TCP,
+/// instead of waiting out a timeout (wireguard-go and boringtun send no error).
+#[test]
+fn a_destination_no_peer_takes_fails_at_once_as_with_the_kernel() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1), "tunnel up");
+    for (dst, says) in [("192.168.241.99", "Destination Host Unreachable"), ("fd00::99", "Address unreachable")] {
+        let out = p.lab.exec(&p.ns[0], &["ping", "-c", "1", "-W", "5", dst]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("From {dst} icmp_seq=1")) && text.contains(says), "{dst}: {text}");
+        let to: std::net::SocketAddr = format!("{}:80", if dst.contains(':') { format!("[{dst}]") } else { dst.into() }).parse().unwrap();
+        let err = in_ns(&p.ns[0], move || TcpStream::connect_timeout(&to, Duration::from_secs(20)).expect_err("connected to nobody"));
+        assert_eq!(err.kind(), std::io::ErrorKind::HostUnreachable, "TCP to {dst}: {err}");
+    }
+    assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1), "the peer still answers");
+}
+
 #[test]
 fn ecn_is_copied_to_the_outer_header_and_congestion_marks_come_back_in_as_the_kernel_does() {
     let p = pair(Impl::Ours, Impl::Ours, false);

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use wgmesh_tunnel::messages::{self as msg, initiation as ini};
 use wgmesh_tunnel::noise::State;
 use wgmesh_tunnel::timers::Timer;
@@ -668,4 +668,42 @@ fn a_timer_disarmed_by_an_earlier_handler_in_the_same_poll_does_not_fire() {
     net.devs[0].poll(net.clock, &mut c);
     let kinds: Vec<u8> = c.sent.iter().map(|(_, d)| d[0]).collect();
     assert_eq!(kinds, vec![1], "the retry only, no keepalive after it");
+}
+
+/// The kernel answers a packet no peer takes with an ICMP error (wg_xmit's `err_icmp`), so a
+/// sender fails at once instead of timing out; bounded per sender, as the kernel's ICMP is.
+#[test]
+fn a_packet_no_peer_takes_is_answered_at_once_with_an_icmp_error_at_most_20_a_second() {
+    let mut net = Net::new(2);
+    let nowhere = Ipv4Addr::new(192, 168, 241, 99);
+    let sent = net.log.len();
+    assert_eq!(net.tun(0, &ipv4(inner_v4(0), nowhere, 84)), Outcome::Dropped(Drop::NoRoute));
+    assert_eq!(net.log.len(), sent, "nothing on the wire");
+    let e = net.delivered[0].pop().expect("an ICMP error to the sender");
+    assert_eq!((&e[12..16], &e[16..20], e[9], e[20], e[21]), (&nowhere.octets()[..], &inner_v4(0).octets()[..], 1, 3, 1));
+    assert_eq!(&e[28..], &ipv4(inner_v4(0), nowhere, 84)[..], "the packet quoted");
+    // A peer without an endpoint cannot take it either.
+    let id = net.peer(1, 0);
+    net.devs[1].remove_peer(id);
+    let id = net.devs[1].add_peer(net.keys[0]).unwrap();
+    net.devs[1].allowed_ips.insert(IpAddr::V6(inner_v6(0)), 128, id);
+    let mut p = ipv6(inner_v6(1), inner_v6(0), 24);
+    p[40] = 128; // an echo request
+    assert_eq!(net.tun(1, &p), Outcome::Dropped(Drop::NoEndpoint));
+    let e = net.delivered[1].pop().expect("an ICMPv6 error");
+    assert_eq!((&e[8..24], &e[24..40], e[6], e[40], e[41]), (&inner_v6(0).octets()[..], &inner_v6(1).octets()[..], 58, 1, 3));
+    // A burst of 5 per sender, then one every 50 ms; another sender has its own.
+    for _ in 0..10 {
+        net.tun(0, &ipv4(inner_v4(0), nowhere, 84));
+    }
+    assert_eq!(net.delivered[0].len(), 4, "the first error and 4 more of the burst");
+    net.clock.advance(ms(50));
+    net.tun(0, &ipv4(inner_v4(0), nowhere, 84));
+    net.tun(0, &ipv4(inner_v4(0), nowhere, 84));
+    assert_eq!(net.delivered[0].len(), 5);
+    net.tun(0, &ipv4(Ipv4Addr::new(192, 168, 241, 7), nowhere, 84));
+    assert_eq!(net.delivered[0].len(), 6);
+    // Routed packets still go to their peer, and get no error.
+    assert_eq!(net.ping(0, 1), Outcome::Staged);
+    assert_eq!(net.delivered[0].len(), 6);
 }

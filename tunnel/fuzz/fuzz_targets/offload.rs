@@ -1,14 +1,28 @@
 //! The TUN offload code on arbitrary packets (as wireguard-go fuzzes handleGRO): our coalescing
 //! of any batch of decrypted packets and our GSO split of any TUN read never panic; the split
 //! agrees with tun-rs's wherever tun-rs accepts the read; coalescing never writes more
-//! payload than went in, and what it coalesces splits back.
+//! payload than went in, and what it coalesces splits back. The same bytes as one packet read
+//! from the TUN must give a well-formed ICMP error, or none.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tun_rs::{gso_split, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use wgmesh_tunnel::shell::gro::coalesce;
+use wgmesh_tunnel::ip::{fold, sum};
 use wgmesh_tunnel::shell::gso::{split, Room};
 
 fuzz_target!(|data: &[u8]| {
+    // The ICMP error for a packet no peer takes: never panics, stays within the minimum MTU,
+    // and its checksums hold (IPv4: header and ICMP; IPv6: ICMPv6 over the pseudo-header).
+    let mut icmp = [0u8; 1280];
+    if let Some(n) = wgmesh_tunnel::ip::unreachable(data, &mut icmp) {
+        let e = &icmp[..n];
+        if e[0] >> 4 == 4 {
+            assert!((28..=576).contains(&n) && sum(&e[..20]) == 0xffff && sum(&e[20..]) == 0xffff);
+        } else {
+            let pseudo = u64::from(sum(&e[8..40])) + (n - 40) as u64 + 58;
+            assert!((48..=1280).contains(&n) && fold(pseudo + u64::from(sum(&e[40..]))) == 0xffff);
+        }
+    }
     if data.len() < VIRTIO_NET_HDR_LEN + 1 {
         return;
     }

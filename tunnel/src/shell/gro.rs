@@ -3,7 +3,7 @@
 //! Rewrites only the first packet's headers; the payloads are written from where they were
 //! decrypted (writev), so nothing is copied or allocated per packet.
 
-use super::gso::{fold, sum};
+use crate::ip::{fold, sum};
 
 /// The virtio-net header in front of every packet written to the TUN.
 pub const HDR: usize = 10;

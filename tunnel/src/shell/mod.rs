@@ -9,7 +9,7 @@ pub mod ipc;
 
 use crate::crypto::TAG_LEN;
 use crate::device::{Clock, Device};
-use crate::messages::DATA_HEADER_LEN;
+use crate::messages::{self as msg, DATA_HEADER_LEN};
 use crate::uapi::{self, UapiError};
 use batch::Batch;
 use bind::Bind;
@@ -369,8 +369,7 @@ impl Engine {
         let mut segs: Vec<(usize, usize, usize, SocketAddr)> = Vec::with_capacity(BATCH * 64);
         // (remote, local address it wrote to) of authenticated datagrams, for sticky sources.
         let mut learned: Vec<(SocketAddr, IpAddr)> = Vec::with_capacity(BATCH);
-        let mut jobs: Vec<Option<Result<crate::device::OpenJob, crate::device::Outcome>>> =
-            Vec::with_capacity(BATCH * 64);
+        let mut jobs: Vec<Check> = Vec::with_capacity(BATCH * 64);
         // (buffer, start, end) of each packet delivered in place, virtio header room included.
         let mut places: Vec<(usize, usize, usize)> = Vec::with_capacity(BATCH * 64);
         // Those packets as slices: emptied after each round, the allocation kept.
@@ -423,17 +422,12 @@ impl Engine {
             // Three steps, so the AEAD runs outside the device lock: check, open, finish in order.
             let clock = now();
             jobs.clear();
-            {
-                let st = self.lock();
-                for &(i, o, len, _) in &segs {
-                    let d = &bufs[i][o..o + len];
-                    jobs.push(if crate::messages::classify(d) == Some(crate::messages::Kind::Data) {
-                        Some(st.dev.begin_data(d, clock))
-                    } else {
-                        None
-                    });
-                }
+            let st = self.lock();
+            for &(i, o, len, _) in &segs {
+                let d = &bufs[i][o..o + len];
+                jobs.push((msg::classify(d) == Some(msg::Kind::Data)).then(|| st.dev.begin_data(d, clock)));
             }
+            drop(st);
             open_all(&mut bufs, &segs, &mut jobs);
             places.clear();
             let mut st = self.lock();
