@@ -138,17 +138,13 @@ impl<T: Copy + PartialEq> Trie<T> {
 
 /// Masks host bits: the canonical network address is what `wg show` prints.
 pub fn canonical(ip: IpAddr, cidr: u8) -> Option<(IpAddr, u8)> {
-    match ip {
-        IpAddr::V4(a) if cidr <= 32 => {
-            let mask = if cidr == 0 { 0 } else { u32::MAX << (32 - cidr) };
-            Some((IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), cidr))
-        }
-        IpAddr::V6(a) if cidr <= 128 => {
-            let mask = if cidr == 0 { 0 } else { u128::MAX << (128 - cidr) };
-            Some((IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), cidr))
-        }
-        _ => None,
-    }
+    // A shift by the full width leaves no bits: /0 masks everything.
+    let net = match ip {
+        IpAddr::V4(a) if cidr <= 32 => IpAddr::V4((a.to_bits() & u32::MAX.unbounded_shl(32 - u32::from(cidr))).into()),
+        IpAddr::V6(a) if cidr <= 128 => IpAddr::V6((a.to_bits() & u128::MAX.unbounded_shl(128 - u32::from(cidr))).into()),
+        _ => return None,
+    };
+    Some((net, cidr))
 }
 
 pub struct AllowedIps<T> {

@@ -454,6 +454,14 @@ impl<R: RngCore + CryptoRng> Device<R> {
         Outcome::Dropped(why)
     }
 
+    /// A send the shell could not make: as the kernel counts only datagrams that left, the
+    /// bytes come off the transfer count of the peer whose endpoint `to` is.
+    pub fn unsent(&mut self, to: SocketAddr, bytes: usize) {
+        if let Some(p) = self.peers.iter_mut().flatten().find(|p| p.endpoint == Some(to)) {
+            p.tx_bytes = p.tx_bytes.saturating_sub(bytes as u64);
+        }
+    }
+
     /// A datagram received on the WireGuard port from `from`. Decrypts in place.
     pub fn handle_udp(&mut self, from: SocketAddr, datagram: &mut [u8], now: Clock, out: &mut impl Output) -> Outcome {
         if !self.up {

@@ -292,6 +292,22 @@ fn captured(lab: &Lab, ns: &str, dev: &str, filter: &str, f: impl FnOnce()) -> V
     String::from_utf8_lossy(&seen.stdout).lines().filter(|l| l.contains(" IP (") || l.contains(" IP6 (")).map(String::from).collect()
 }
 
+/// As the kernel, `wg show transfer` counts only datagrams that left: with no route to the
+/// endpoint every initiation fails to send, and nothing is counted as sent.
+#[test]
+fn a_send_that_fails_is_not_counted_as_sent() {
+    let p = pair(Impl::Ours, Impl::Ours, false);
+    let peer = &p.keys[1].public;
+    p.lab.wg_set(&p.ns[0], &p.iface[0], None, &format!("peer {peer} endpoint 203.0.113.1:51820"));
+    assert!(!p.lab.ping(&p.ns[0], "192.168.241.2", 2), "no route to that endpoint");
+    assert_eq!(p.lab.transfer(&p.ns[0], &p.iface[0], peer), (0, 0));
+    // Back to the reachable endpoint: the next initiation (a retry, REKEY_TIMEOUT after the
+    // last) leaves and is counted.
+    p.lab.wg_set(&p.ns[0], &p.iface[0], None, &format!("peer {peer} endpoint 10.77.0.2:{}", p.ports[1]));
+    assert!(p.lab.exec(&p.ns[0], &["ping", "-c", "1", "-W", "10", "192.168.241.2"]).status.success());
+    assert!(p.lab.transfer(&p.ns[0], &p.iface[0], peer).1 > 0);
+}
+
 /// wg_xmit's ICMP errors: a destination no peer takes fails at once, for ping and for TCP,
 /// instead of waiting out a timeout (wireguard-go and boringtun send no error).
 #[test]

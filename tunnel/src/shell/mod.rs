@@ -249,6 +249,7 @@ impl Engine {
                 }
                 if let Err(e) = sent {
                     tracing::debug!(%to, error = %e, "send failed");
+                    self.lock().dev.unsent(to, d.len());
                 }
             }
         }
