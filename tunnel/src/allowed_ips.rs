@@ -71,9 +71,7 @@ impl<T: Copy + PartialEq> Trie<T> {
 
     /// Removes the prefix if `owner` (when given) owns it; prunes emptied branches.
     fn remove(&mut self, key: u128, len: u8, owner: Option<T>) -> bool {
-        let Some(path) = self.path(key, len) else {
-            return false;
-        };
+        let Some(path) = self.path(key, len) else { return false };
         let leaf = path[path.len() - 1] as usize;
         match self.nodes[leaf].value {
             Some(v) if owner.is_none_or(|o| o == v) => self.nodes[leaf].value = None,
@@ -140,8 +138,8 @@ impl<T: Copy + PartialEq> Trie<T> {
 pub fn canonical(ip: IpAddr, cidr: u8) -> Option<(IpAddr, u8)> {
     // A shift by the full width leaves no bits: /0 masks everything.
     let net = match ip {
-        IpAddr::V4(a) if cidr <= 32 => IpAddr::V4((a.to_bits() & u32::MAX.unbounded_shl(32 - u32::from(cidr))).into()),
-        IpAddr::V6(a) if cidr <= 128 => IpAddr::V6((a.to_bits() & u128::MAX.unbounded_shl(128 - u32::from(cidr))).into()),
+        IpAddr::V4(a) if cidr <= 32 => IpAddr::V4((a.to_bits() & u32::MAX.unbounded_shl(32 - cidr as u32)).into()),
+        IpAddr::V6(a) if cidr <= 128 => IpAddr::V6((a.to_bits() & u128::MAX.unbounded_shl(128 - cidr as u32)).into()),
         _ => return None,
     };
     Some((net, cidr))

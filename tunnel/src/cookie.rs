@@ -127,9 +127,7 @@ impl CookieState {
 
     /// Decrypts a cookie reply aimed at our last message; false (and no change) otherwise.
     pub fn consume_reply(&mut self, m: &[u8], now: Duration) -> bool {
-        let Some(last) = self.last_mac1 else {
-            return false;
-        };
+        let Some(last) = self.last_mac1 else { return false };
         let nonce: [u8; 24] = msg::array_at(m, cr::NONCE);
         let mut sealed: [u8; 32] = msg::array_at(m, cr::COOKIE);
         if !crypto::xopen(&self.cookie_key, &nonce, &last, &mut sealed) {

@@ -355,9 +355,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
     }
 
     pub fn remove_peer(&mut self, id: PeerId) {
-        let Some(mut peer) = self.peers.get_mut(id).and_then(Option::take) else {
-            return;
-        };
+        let Some(mut peer) = self.peers.get_mut(id).and_then(Option::take) else { return };
         self.clear_handshake(&mut peer);
         self.clear_keypairs(&mut peer);
         self.allowed_ips.remove_all(id);
@@ -428,12 +426,8 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if packet.len() > MAX_PACKET {
             return Outcome::Dropped(Drop::TooLarge);
         }
-        let Some(dst) = ip::destination(packet) else {
-            return Outcome::Dropped(Drop::InvalidInnerPacket);
-        };
-        let Some(id) = self.allowed_ips.lookup(dst) else {
-            return self.unreachable(packet, Drop::NoRoute, now, out);
-        };
+        let Some(dst) = ip::destination(packet) else { return Outcome::Dropped(Drop::InvalidInnerPacket) };
+        let Some(id) = self.allowed_ips.lookup(dst) else { return self.unreachable(packet, Drop::NoRoute, now, out) };
         self.with_peer(id, |dev, peer| {
             if peer.endpoint.is_none() {
                 return dev.unreachable(packet, Drop::NoEndpoint, now, out);
@@ -543,9 +537,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
 
     /// Turns a finished handshake into a keypair; its index now names the keypair.
     fn begin_session(&mut self, peer: &mut Peer, id: PeerId, s: Session, now: Clock) {
-        let Some(local) = peer.handshake.local_index.take() else {
-            return;
-        };
+        let Some(local) = peer.handshake.local_index.take() else { return };
         self.index.set(local, Entry::Keypair(id));
         self.drop_keypairs(peer.keypairs.insert(Box::new(Keypair::new(&s, local, now.mono))));
         peer.timers.session_derived(now.mono);
@@ -565,9 +557,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         }
         let index = self.new_handshake_index(peer, id);
         let mut m = [0u8; msg::INITIATION_LEN];
-        let Some(identity) = self.identity.as_ref() else {
-            return;
-        };
+        let Some(identity) = self.identity.as_ref() else { return };
         if !peer.handshake.create_initiation(identity, index, now.wall, &mut self.rng, &mut m) {
             self.index.remove(index);
             peer.handshake.local_index = None;
@@ -599,18 +589,11 @@ impl<R: RngCore + CryptoRng> Device<R> {
     /// Numbers one inner packet (possibly empty: a keepalive) under the current keypair and
     /// hands it out for sealing.
     fn seal_and_send(&mut self, peer: &mut Peer, packet: &[u8], out: &mut impl Output) -> bool {
-        let Some(kp) = peer.keypairs.current.as_deref_mut() else {
-            return false;
-        };
-        let Some(counter) = kp.next_counter() else {
-            return false;
-        };
+        let Some(kp) = peer.keypairs.current.as_deref_mut() else { return false };
+        let Some(counter) = kp.next_counter() else { return false };
         let padded = padded_len(packet.len(), self.mtu);
         if let Some(to) = peer.endpoint {
-            out.send_data(
-                to,
-                SealJob { key: &kp.send, receiver: kp.remote_index, counter, plaintext: packet, padded },
-            );
+            out.send_data(to, SealJob { key: &kp.send, receiver: kp.remote_index, counter, plaintext: packet, padded });
             peer.tx_bytes += (msg::DATA_OVERHEAD + padded) as u64;
         }
         true
@@ -802,17 +785,11 @@ impl<R: RngCore + CryptoRng> Device<R> {
         if let Err(o) = self.admit_handshake(kind, from, m, now, out) {
             return o;
         }
-        let Some(identity) = self.identity.as_ref() else {
-            return Outcome::Dropped(Drop::NoPrivateKey);
-        };
+        let Some(identity) = self.identity.as_ref() else { return Outcome::Dropped(Drop::NoPrivateKey) };
         let invalid = Outcome::Dropped(Drop::InvalidHandshake);
         if kind == Kind::Initiation {
-            let Some(partial) = Handshake::decrypt_initiation_static(identity, m) else {
-                return invalid;
-            };
-            let Some(id) = self.peer_id(&partial.remote_static) else {
-                return invalid;
-            };
+            let Some(partial) = Handshake::decrypt_initiation_static(identity, m) else { return invalid };
+            let Some(id) = self.peer_id(&partial.remote_static) else { return invalid };
             self.with_peer(id, |dev, peer| {
                 if !peer.handshake.consume_initiation(partial, m, now.mono) {
                     return invalid;
@@ -827,16 +804,10 @@ impl<R: RngCore + CryptoRng> Device<R> {
             .unwrap_or(invalid)
         } else {
             let receiver = msg::u32_at(m, msg::response::RECEIVER);
-            let Some(Entry::Handshake(id)) = self.index.get(receiver) else {
-                return invalid;
-            };
+            let Some(Entry::Handshake(id)) = self.index.get(receiver) else { return invalid };
             self.with_peer(id, |dev, peer| {
-                let Some(identity) = dev.identity.as_ref() else {
-                    return invalid;
-                };
-                let Some(session) = peer.handshake.consume_response(identity, m) else {
-                    return invalid;
-                };
+                let Some(identity) = dev.identity.as_ref() else { return invalid };
+                let Some(session) = peer.handshake.consume_response(identity, m) else { return invalid };
                 peer.endpoint = Some(from);
                 peer.rx_bytes += m.len() as u64;
                 peer.timers.any_authenticated_packet_received();
@@ -879,9 +850,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
             return Err(Outcome::Dropped(Drop::DeviceDown));
         }
         let local = msg::u32_at(d, msg::data::RECEIVER);
-        let Some(Entry::Keypair(id)) = self.index.get(local) else {
-            return Err(Outcome::Dropped(Drop::UnknownIndex));
-        };
+        let Some(Entry::Keypair(id)) = self.index.get(local) else { return Err(Outcome::Dropped(Drop::UnknownIndex)) };
         let peer = self.peer(id).ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
         let kp = peer.keypairs.get(local).ok_or(Outcome::Dropped(Drop::UnknownIndex))?;
         if !kp.can_receive(now.mono) {
@@ -907,9 +876,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
         let id = job.peer;
         self.with_peer(id, |dev, peer| {
             // The keypair may have been replaced while the packet was being opened.
-            let Some((slot, kp)) = peer.keypairs.find(job.local) else {
-                return Outcome::Dropped(Drop::UnknownIndex);
-            };
+            let Some((slot, kp)) = peer.keypairs.find(job.local) else { return Outcome::Dropped(Drop::UnknownIndex) };
             if !kp.replay.accept(job.counter) {
                 return Outcome::Dropped(Drop::Replay);
             }
@@ -935,9 +902,7 @@ impl<R: RngCore + CryptoRng> Device<R> {
                 peer.rx_bytes += d.len() as u64;
                 return Outcome::Keepalive;
             }
-            let Some((src, len)) = ip::source_and_len(plain) else {
-                return Outcome::Dropped(Drop::InvalidInnerPacket);
-            };
+            let Some((src, len)) = ip::source_and_len(plain) else { return Outcome::Dropped(Drop::InvalidInnerPacket) };
             // Cryptokey routing on receive: the inner source must belong to this peer.
             if dev.allowed_ips.lookup(src) != Some(id) {
                 return Outcome::Dropped(Drop::SourceNotAllowed);

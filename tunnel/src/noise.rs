@@ -145,9 +145,7 @@ impl Handshake {
         rng: &mut (impl RngCore + CryptoRng),
         out: &mut [u8; msg::INITIATION_LEN],
     ) -> bool {
-        let Some(ss) = self.static_static.as_ref() else {
-            return false;
-        };
+        let Some(ss) = self.static_static.as_ref() else { return false };
         let (c0, h0) = initial_chain();
         // 1. C = C0; H = HASH(H0 ‖ S_r_pub)
         let mut ck = Zeroizing::new(*c0);
@@ -162,9 +160,7 @@ impl Handshake {
         [ck] = kdf::<1>(&ck, &eph_pub.0);
         h = hash(&[&h, &eph_pub.0]);
         // 3. (C, k) = KDF2(C, DH(E_i, S_r_pub)); msg.static = AEAD(k, 0, S_i_pub, H); H = HASH(H ‖ msg.static)
-        let Some(k) = mix_dh(&mut ck, eph.dh(&self.remote_static.0)) else {
-            return false;
-        };
+        let Some(k) = mix_dh(&mut ck, eph.dh(&self.remote_static.0)) else { return false };
         let st = &mut out[ini::STATIC..ini::TIMESTAMP];
         st[..32].copy_from_slice(&identity.public.0);
         crypto::seal(&k, 0, &h, st);
@@ -208,9 +204,7 @@ impl Handshake {
 
     /// Step 4 and the replay/flood rules; commits the initiation to this peer's state.
     pub fn consume_initiation(&mut self, p: PartialInitiation, m: &[u8], now: Duration) -> bool {
-        let Some(ss) = self.static_static.as_ref() else {
-            return false;
-        };
+        let Some(ss) = self.static_static.as_ref() else { return false };
         // 4. (C, k) = KDF2(C, DH(S_r, S_i_pub)); t = AEAD-Open(k, 0, msg.timestamp, H); H = HASH(H ‖ msg.timestamp)
         let [ck, k] = kdf::<2>(&p.chaining_key, &**ss);
         let mut ts: [u8; 28] = msg::array_at(m, ini::TIMESTAMP);

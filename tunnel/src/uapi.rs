@@ -197,9 +197,7 @@ pub fn apply<R: RngCore + CryptoRng>(
         if (p.update_only || p.new_public_key.is_some()) && existing.is_none() {
             continue;
         }
-        let Some(id) = existing.or_else(|| dev.add_peer(pk)) else {
-            continue;
-        };
+        let Some(id) = existing.or_else(|| dev.add_peer(pk)) else { continue };
         if let Some(psk) = p.preshared_key {
             dev.set_preshared_key(id, psk);
         }
