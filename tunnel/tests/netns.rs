@@ -751,6 +751,18 @@ fn clear_errors_and_exit_codes() {
     );
     assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
     drop(blocker);
+    // Another engine's port too, although our sockets share theirs with connected ones.
+    let other = lab.engine(&ns, Impl::Ours, "f");
+    lab.wg_set(&ns, &other, Some(&genkey().private), "listen-port 51012");
+    lab.up(&ns, &other, &[]);
+    let t = Instant::now();
+    while !lab.exec_ok(&ns, &["ss", "-Hlun"]).contains(":51012 ") {
+        assert!(t.elapsed() < Duration::from_secs(5), "the other engine never bound its port");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = lab.exec(&ns, &["wg", "set", &i, "listen-port", "51012"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Address already in use"), "{out:?}");
+    assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
 }
 
 /// A deterministic byte stream and its running digest (FNV-1a over 64-bit words).

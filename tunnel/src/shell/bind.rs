@@ -86,12 +86,17 @@ fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
 
 /// A socket on `addr`, connected to `peer` if given. SO_REUSEPORT lets the connected ones share
 /// the port, and only with processes of our user.
-fn open(addr: SocketAddr, fwmark: u32, peer: Option<SocketAddr>) -> io::Result<Socket4or6> {
+fn open(mut addr: SocketAddr, fwmark: u32, peer: Option<SocketAddr>) -> io::Result<Socket4or6> {
+    if peer.is_none() {
+        // A port another socket holds, another engine's too, stays refused: probe without it.
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        addr.is_ipv6().then(|| probe.set_only_v6(true)).transpose()?;
+        probe.bind(&addr.into())?;
+        addr.set_port(probe.local_addr()?.as_socket().map_or(addr.port(), |a| a.port()));
+    }
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
+    addr.is_ipv6().then(|| s.set_only_v6(true)).transpose()?;
     if fwmark != 0 {
         s.set_mark(fwmark)?;
     }
