@@ -76,11 +76,7 @@ pub struct SetRequest {
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, UapiError> {
     // Only `true` means anything; wireguard-go rejects other values.
-    if v == "true" {
-        Ok(true)
-    } else {
-        Err(invalid(key, v))
-    }
+    if v == "true" { Ok(true) } else { Err(invalid(key, v)) }
 }
 
 fn parse_endpoint(v: &str) -> Option<SocketAddr> {

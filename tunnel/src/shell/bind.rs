@@ -57,15 +57,15 @@ impl Socket4or6 {
     pub fn send_connected(&self, bytes: &[u8]) -> io::Result<()> {
         // SAFETY: sends from a buffer we borrow for the call.
         let send = || unsafe { libc::send(self.socket.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if send() >= 0 || (io::Error::last_os_error().raw_os_error() == Some(libc::ECONNREFUSED) && send() >= 0) {
+        if send() >= 0 || send() >= 0 {
             return Ok(());
         }
         Err(io::Error::last_os_error())
     }
 }
 
-/// Per remote: the source the socket was bound to (None: routing's choice), and the socket.
-type Connected = HashMap<SocketAddr, (Option<IpAddr>, Arc<Socket4or6>)>;
+/// Per remote: the source the socket was bound to, and the socket.
+type Connected = HashMap<SocketAddr, (IpAddr, Arc<Socket4or6>)>;
 
 pub struct Bind {
     pub v4: Option<Arc<Socket4or6>>,
@@ -173,21 +173,22 @@ impl Bind {
         if to.is_ipv4() { self.v4.as_deref() } else { self.v6.as_deref() }
     }
 
-    /// The socket connected to `to` from `src` (routing's choice if None), opened on first
-    /// use; None where the kernel refuses one or too many are open: then the wildcard socket.
-    pub fn connected(&self, to: SocketAddr, src: Option<IpAddr>) -> Option<Arc<Socket4or6>> {
-        if let Some((from, c)) = self.conns.read().unwrap_or_else(|e| e.into_inner()).get(&to) {
-            if *from == src {
-                return Some(c.clone());
-            }
+    /// The socket connected to `to` from `src`, opened on first use; None where the kernel
+    /// refuses one or too many are open: then the wildcard socket serves.
+    pub fn connected(&self, to: SocketAddr, src: IpAddr) -> Option<Arc<Socket4or6>> {
+        let same = |(from, c): &(IpAddr, Arc<Socket4or6>)| (*from == src).then(|| c.clone());
+        if let Some(c) = self.conns.read().unwrap_or_else(|e| e.into_inner()).get(&to).and_then(same) {
+            return Some(c);
         }
         let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
-        let any = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        // Another thread may have opened it meanwhile.
+        if let Some(c) = conns.get(&to).and_then(same) {
+            return Some(c);
+        }
         if conns.len() >= MAX_CONNECTED && !conns.contains_key(&to) {
             return None;
         }
-        let at = SocketAddr::new(src.unwrap_or(any), self.port);
-        let c = open(at, self.mark.load(Ordering::Relaxed), Some(to))
+        let c = open(SocketAddr::new(src, self.port), self.mark.load(Ordering::Relaxed), Some(to))
             .inspect_err(|e| tracing::debug!(%to, error = %e, "no connected socket"))
             .ok()?;
         conns.insert(to, (src, Arc::new(c)));

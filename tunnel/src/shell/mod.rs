@@ -15,7 +15,7 @@ use batch::Batch;
 use bind::Bind;
 use quinn_udp::RecvMeta;
 use std::collections::HashMap;
-use std::io::ErrorKind::{ConnectionRefused, Interrupted, TimedOut, WouldBlock};
+use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -235,13 +235,14 @@ impl Engine {
                 let Some(s) = bind.socket_for(to) else { continue };
                 let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
                 let src = reply_from.or_else(learned);
-                // A lone datagram to a peer (no ECN mark, no reply to a stranger) leaves on the
-                // socket connected to it; an ECN mark would need a control message.
-                let conn = (reply_from.is_none() && ecn == 0 && d.len() <= seg).then(|| bind.connected(to, src));
-                let mut sent = match conn.flatten() {
-                    Some(c) => c.send_connected(d),
-                    None => s.send(to, d, seg, src, ecn),
-                };
+                // A lone data message to an IPv4 peer from a learned source (not a reply to a
+                // stranger, no ECN mark: that needs a control message) leaves on the socket
+                // connected to it, bound to that source; after a forget (no source) or any
+                // error, the wildcard socket serves. IPv6 would not check that the source exists.
+                let lone = reply_from.is_none() && ecn == 0 && d.len() <= seg && msg::classify(d) == Some(msg::Kind::Data);
+                let conn = src.filter(|s| lone && s.is_ipv4()).and_then(|src| bind.connected(to, src));
+                let sent = conn.map(|c| c.send_connected(d)).filter(Result::is_ok);
+                let mut sent = sent.unwrap_or_else(|| s.send(to, d, seg, src, ecn));
                 let gone = |e: &io::Error| {
                     matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH))
                 };
@@ -419,7 +420,10 @@ impl Engine {
                     std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
                 match sock.recv(&mut slices, &mut meta) {
                     Ok(n) => n,
-                    Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted | ConnectionRefused) => continue,
+                    // A connected socket's error is an ICMP one it reports once: nothing to wait for.
+                    Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) || sock.socket.peer_addr().is_ok() => {
+                        continue
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "UDP receive failed");
                         std::thread::sleep(Duration::from_millis(20));
