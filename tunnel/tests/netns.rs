@@ -97,8 +97,6 @@ fn roaming_and_crypto_rp_filter() {
     let p = pair(Impl::Ours, Impl::Ours, false);
     let (n1, n2) = (&p.ns[0], &p.ns[1]);
     assert!(p.lab.ping(n1, "192.168.241.2", 1));
-    // The reply left on a socket connected to the peer (lower latency: tunnel/PERF.md).
-    assert_eq!(connected(&p, n2), ["10.77.0.1:51001"]);
     // Side 0 moves to a new port: side 1 follows it on the next authenticated packet.
     p.lab.wg_set(n1, &p.iface[0], None, "listen-port 9999");
     assert!(p.lab.ping(n1, "192.168.241.2", 1));
@@ -115,18 +113,6 @@ fn roaming_and_crypto_rp_filter() {
         ep.contains(&format!("{}\t10.77.0.1:9997", p.keys[0].public)),
         "endpoint roams before the source check: {ep}"
     );
-    // Sockets connected to the endpoints the peer left are closed: none left behind.
-    let t = Instant::now();
-    while !connected(&p, n2).iter().all(|c| c == "10.77.0.1:9997") {
-        assert!(t.elapsed() < Duration::from_secs(3), "connected sockets left behind: {:?}", connected(&p, n2));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The remotes side 1's sockets on its port are connected to.
-fn connected(p: &Pair, ns: &str) -> Vec<String> {
-    let socks = p.lab.exec_ok(ns, &["ss", "-Huan", "state", "established", "sport", "=", ":51002"]);
-    socks.lines().filter_map(|l| l.split_whitespace().nth(3).map(String::from)).collect()
 }
 
 #[test]
@@ -559,9 +545,7 @@ fn wg_tool_show_set_setconf_syncconf() {
     assert_eq!(p.lab.exec_ok(ns, &["wg", "show", i, "fwmark"]).trim(), "0x1234");
     let socks = p.lab.exec_ok(ns, &["ss", "-uaen"]);
     let ours: Vec<&str> = socks.lines().filter(|l| l.contains(":51001")).collect();
-    // One IPv4 and one IPv6 socket for everyone, and one connected to each peer sent to.
-    assert_eq!(ours.iter().filter(|l| l.starts_with("UNCONN")).count(), 2, "{socks}");
-    assert_eq!(ours.iter().filter(|l| l.starts_with("ESTAB") && l.contains("10.77.0.2:51002")).count(), 1, "{socks}");
+    assert_eq!(ours.len(), 2, "one IPv4 and one IPv6 socket: {socks}");
     assert!(ours.iter().all(|l| l.contains("fwmark:0x1234")), "{socks}");
     // Private key semantics: all-zero clears it.
     let out = sh(&format!("ip netns exec {ns} wg set {i} private-key /dev/null"));
@@ -751,18 +735,6 @@ fn clear_errors_and_exit_codes() {
     );
     assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
     drop(blocker);
-    // Another engine's port too, although our sockets share theirs with connected ones.
-    let other = lab.engine(&ns, Impl::Ours, "f");
-    lab.wg_set(&ns, &other, Some(&genkey().private), "listen-port 51012");
-    lab.up(&ns, &other, &[]);
-    let t = Instant::now();
-    while !lab.exec_ok(&ns, &["ss", "-Hlun"]).contains(":51012 ") {
-        assert!(t.elapsed() < Duration::from_secs(5), "the other engine never bound its port");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = lab.exec(&ns, &["wg", "set", &i, "listen-port", "51012"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Address already in use"), "{out:?}");
-    assert!(lab.exec_ok(&ns, &["wg", "show", &i, "listen-port"]).contains("51010"));
 }
 
 /// A deterministic byte stream and its running digest (FNV-1a over 64-bit words).

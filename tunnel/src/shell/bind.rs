@@ -4,19 +4,15 @@
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
-use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Big enough to ride out bursts at line rate (wireguard-go uses 7 MiB too).
 const SOCKET_BUFFER: usize = 7 << 20;
 /// How long a receive thread waits for readiness before it re-checks for shutdown or rebind.
 pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
-/// Connected sockets at most (one per remote): each is a file descriptor.
-const MAX_CONNECTED: usize = 512;
 
 pub struct Socket4or6 {
     pub socket: UdpSocket,
@@ -52,30 +48,12 @@ impl Socket4or6 {
     pub fn max_gso_segments(&self) -> usize {
         self.gso.load(Ordering::Relaxed)
     }
-    /// Sends one datagram on a connected socket: with no address and no control message the
-    /// kernel keeps the socket's route. A pending ICMP error fails the first try; one retry.
-    pub fn send_connected(&self, bytes: &[u8]) -> io::Result<()> {
-        // SAFETY: sends from a buffer we borrow for the call.
-        let send = || unsafe { libc::send(self.socket.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if send() >= 0 || send() >= 0 {
-            return Ok(());
-        }
-        Err(io::Error::last_os_error())
-    }
 }
 
-/// Per remote: the source the socket was bound to, and the socket.
-type Connected = HashMap<SocketAddr, (IpAddr, Arc<Socket4or6>)>;
-
 pub struct Bind {
-    pub v4: Option<Arc<Socket4or6>>,
-    pub v6: Option<Arc<Socket4or6>>,
+    pub v4: Option<Socket4or6>,
+    pub v6: Option<Socket4or6>,
     pub port: u16,
-    mark: AtomicU32,
-    /// Per remote, a socket on our port connected to it from the sticky source (boringtun's
-    /// design): its sends keep their route and its datagrams come in through UDP's early
-    /// demux, ~20 us less per round trip on a VM (tunnel/PERF.md).
-    conns: RwLock<Connected>,
 }
 
 fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
@@ -84,19 +62,11 @@ fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     (r == 0).then_some(()).ok_or_else(io::Error::last_os_error)
 }
 
-/// A socket on `addr`, connected to `peer` if given. SO_REUSEPORT lets the connected ones share
-/// the port, and only with processes of our user.
-fn open(mut addr: SocketAddr, fwmark: u32, peer: Option<SocketAddr>) -> io::Result<Socket4or6> {
-    if peer.is_none() {
-        // A port another socket holds, another engine's too, stays refused: probe without it.
-        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        addr.is_ipv6().then(|| probe.set_only_v6(true)).transpose()?;
-        probe.bind(&addr.into())?;
-        addr.set_port(probe.local_addr()?.as_socket().map_or(addr.port(), |a| a.port()));
-    }
+fn open(addr: SocketAddr, fwmark: u32) -> io::Result<Socket4or6> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    addr.is_ipv6().then(|| s.set_only_v6(true)).transpose()?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     if fwmark != 0 {
         s.set_mark(fwmark)?;
     }
@@ -109,9 +79,6 @@ fn open(mut addr: SocketAddr, fwmark: u32, peer: Option<SocketAddr>) -> io::Resu
         let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     }
     s.bind(&addr.into())?;
-    if let Some(peer) = peer {
-        s.connect(&peer.into())?;
-    }
     // Non-blocking: recvmmsg on a blocking socket would wait to fill the whole batch.
     s.set_nonblocking(true)?;
     let socket: UdpSocket = s.into();
@@ -135,7 +102,7 @@ impl Bind {
         let mut last_err = None;
         // With port 0 the v6 socket may find the v4 port taken; try a few random ports.
         for _ in 0..(if port == 0 { 10 } else { 1 }) {
-            let v4 = match open(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), fwmark, None) {
+            let v4 = match open(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), fwmark) {
                 Ok(s) => s,
                 Err(e) => {
                     last_err = Some(e);
@@ -143,15 +110,14 @@ impl Bind {
                 }
             };
             let bound = v4.socket.local_addr()?.port();
-            let bind = |v6| Bind { v4: Some(Arc::new(v4)), v6, port: bound, mark: fwmark.into(), conns: Default::default() };
-            match open(SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)), fwmark, None) {
-                Ok(v6) => return Ok(bind(Some(Arc::new(v6)))),
+            match open(SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)), fwmark) {
+                Ok(v6) => return Ok(Bind { v4: Some(v4), v6: Some(v6), port: bound }),
                 // No IPv6 on this host: run IPv4 only.
                 Err(e)
                     if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
                         || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
                 {
-                    return Ok(bind(None))
+                    return Ok(Bind { v4: Some(v4), v6: None, port: bound })
                 }
                 Err(e) => last_err = Some(e),
             }
@@ -160,55 +126,17 @@ impl Bind {
     }
 
     pub fn set_mark(&self, mark: u32) -> io::Result<()> {
-        self.mark.store(mark, Ordering::Relaxed);
-        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
-        // A new mark drops a connected socket's cached route too (sock_set_mark).
-        for s in [&self.v4, &self.v6].into_iter().flatten().chain(conns.values().map(|(_, c)| c)) {
+        for s in [&self.v4, &self.v6].into_iter().flatten() {
             socket2::SockRef::from(&s.socket).set_mark(mark)?;
         }
         Ok(())
     }
 
     pub fn socket_for(&self, to: SocketAddr) -> Option<&Socket4or6> {
-        if to.is_ipv4() { self.v4.as_deref() } else { self.v6.as_deref() }
-    }
-
-    /// The socket connected to `to` from `src`, opened on first use; None where the kernel
-    /// refuses one or too many are open: then the wildcard socket serves.
-    pub fn connected(&self, to: SocketAddr, src: IpAddr) -> Option<Arc<Socket4or6>> {
-        let same = |(from, c): &(IpAddr, Arc<Socket4or6>)| (*from == src).then(|| c.clone());
-        if let Some(c) = self.conns.read().unwrap_or_else(|e| e.into_inner()).get(&to).and_then(same) {
-            return Some(c);
-        }
-        let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
-        // Another thread may have opened it meanwhile.
-        if let Some(c) = conns.get(&to).and_then(same) {
-            return Some(c);
-        }
-        if conns.len() >= MAX_CONNECTED && !conns.contains_key(&to) {
-            return None;
-        }
-        let c = open(SocketAddr::new(src, self.port), self.mark.load(Ordering::Relaxed), Some(to))
-            .inspect_err(|e| tracing::debug!(%to, error = %e, "no connected socket"))
-            .ok()?;
-        conns.insert(to, (src, Arc::new(c)));
-        conns.get(&to).map(|(_, c)| c.clone())
-    }
-
-    /// Closes the connected sockets of remotes not in `live` (asked only if there are any).
-    pub fn retain_connected(&self, live: impl FnOnce() -> HashSet<SocketAddr>) {
-        let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
-        if !conns.is_empty() {
-            let live = live();
-            conns.retain(|to, _| live.contains(to));
+        if to.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
         }
     }
-
-    /// This family's sockets to wait on: the wildcard one first, then the connected ones.
-    pub fn sockets(&self, v6: bool, into: &mut Vec<Arc<Socket4or6>>) {
-        into.extend(if v6 { &self.v6 } else { &self.v4 }.iter().cloned());
-        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
-        into.extend(conns.iter().filter(|(to, _)| to.is_ipv6() == v6).map(|(_, (_, c))| c.clone()));
-    }
-
 }

@@ -149,9 +149,12 @@ impl Engine {
                 .build_sync()
         };
         let tun = build(true)
-            .or_else(|e| match e.raw_os_error() {
-                Some(libc::EINVAL | libc::ENOTSUP) => build(false),
-                _ => Err(e),
+            .or_else(|e| {
+                if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP)) {
+                    build(false)
+                } else {
+                    Err(e)
+                }
             })
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENODEV) => StartError::TunMissing(name.into()),
@@ -235,14 +238,7 @@ impl Engine {
                 let Some(s) = bind.socket_for(to) else { continue };
                 let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
                 let src = reply_from.or_else(learned);
-                // A lone data message to an IPv4 peer from a learned source (not a reply to a
-                // stranger, no ECN mark: that needs a control message) leaves on the socket
-                // connected to it, bound to that source; after a forget (no source) or any
-                // error, the wildcard socket serves. IPv6 would not check that the source exists.
-                let lone = reply_from.is_none() && ecn == 0 && d.len() <= seg && msg::classify(d) == Some(msg::Kind::Data);
-                let conn = src.filter(|s| lone && s.is_ipv4()).and_then(|src| bind.connected(to, src));
-                let sent = conn.map(|c| c.send_connected(d)).filter(Result::is_ok);
-                let mut sent = sent.unwrap_or_else(|| s.send(to, d, seg, src, ecn));
+                let mut sent = s.send(to, d, seg, src, ecn);
                 let gone = |e: &io::Error| {
                     matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH))
                 };
@@ -380,39 +376,27 @@ impl Engine {
         // Those packets as slices: emptied after each round, the allocation kept.
         let mut spare: Vec<&mut [u8]> = Vec::with_capacity(BATCH * 64);
         let mut tun_busy = false;
-        // This family's sockets (the wildcard one, then those connected to peers), their poll
-        // entries with the TUN's last, and those found readable, handled one round each.
-        let (mut socks, mut fds, mut ready) = (Vec::new(), Vec::new(), Vec::new());
         while !self.stopped() {
-            let Some(sock) = ready.pop() else {
-                let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
-                socks.clear();
-                bind.iter().for_each(|b| b.sockets(v6, &mut socks));
-                if socks.is_empty() {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                // One UDP thread (IPv4's, when bound) also waits on the TUN unless it is bulk.
-                let reads_tun = (!v6 || bind.as_ref().is_some_and(|b| b.v4.is_none()))
-                    && !self.tun_bulk.load(Ordering::Acquire)
-                    && !tun_busy;
-                fds.clear();
-                let fd = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                fds.extend(socks.iter().map(|s: &Arc<bind::Socket4or6>| fd(s.socket.as_raw_fd())));
-                fds.extend(reads_tun.then(|| fd(self.tun.as_raw_fd())));
-                // After a TUN found busy, look again soon: its reader may have let go with a packet left.
-                let wait = if tun_busy { Duration::from_millis(1) } else { bind::RECV_TIMEOUT };
-                // SAFETY: pollfds we own, for the duration of the call.
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis() as i32) };
-                // If another thread holds the reader, it empties the TUN: wait on UDP alone once
-                // rather than spin on a TUN that stays readable meanwhile.
-                let tun_ready = reads_tun && fds.last().is_some_and(|p| p.revents & libc::POLLIN != 0);
-                tun_busy = tun_ready && !self.read_tun_inline();
-                // A connected socket's ICMP error (POLLERR) is read off by a receive, too.
-                let readable = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR) != 0;
-                ready.extend(socks.iter().zip(&fds).filter(|(_, p)| readable(p)).map(|(s, _)| s.clone()));
+            let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(sock) = bind.as_ref().and_then(|b| if v6 { b.v6.as_ref() } else { b.v4.as_ref() }) else {
+                drop(bind);
+                std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
+            // One UDP thread (IPv4's, when bound) also waits on the TUN unless it is bulk.
+            let reads_tun = (!v6 || bind.as_ref().is_some_and(|b| b.v4.is_none()))
+                && !self.tun_bulk.load(Ordering::Acquire)
+                && !tun_busy;
+            let tun_fd = if reads_tun { Some(self.tun.as_raw_fd()) } else { None };
+            // After a TUN found busy, look again soon: its reader may have let go with a packet left.
+            let wait = if tun_busy { Duration::from_millis(1) } else { bind::RECV_TIMEOUT };
+            let (udp_ready, tun_ready) = wait_readable(sock.socket.as_raw_fd(), tun_fd, wait);
+            // If another thread holds the reader, it empties the TUN: wait on UDP alone once
+            // rather than spin on a TUN that stays readable meanwhile.
+            tun_busy = tun_ready && !self.read_tun_inline();
+            if !udp_ready {
+                continue;
+            }
             let n = {
                 // On the stack: no allocation per batch.
                 let mut it = bufs.iter_mut();
@@ -420,10 +404,7 @@ impl Engine {
                     std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
                 match sock.recv(&mut slices, &mut meta) {
                     Ok(n) => n,
-                    // A connected socket's error is an ICMP one it reports once: nothing to wait for.
-                    Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) || sock.socket.peer_addr().is_ok() => {
-                        continue
-                    }
+                    Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => continue,
                     Err(e) => {
                         tracing::debug!(error = %e, "UDP receive failed");
                         std::thread::sleep(Duration::from_millis(20));
@@ -431,6 +412,7 @@ impl Engine {
                     }
                 }
             };
+            drop(bind);
             // With GRO one buffer holds several datagrams of `stride` bytes each.
             segs.clear();
             for (i, m) in meta.iter().enumerate().take(n) {
@@ -574,10 +556,6 @@ impl Engine {
             if self.rebind(&mut st, false).is_ok() {
                 tracing::info!(port = st.listen_port, "UDP port bound");
             }
-        }
-        if let Some(b) = self.bind.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            // Sockets connected to what is no peer's endpoint any more (it roamed or left) go.
-            b.retain_connected(|| st.dev.peer_ids().iter().filter_map(|id| st.dev.peer(*id)?.endpoint).collect());
         }
         drop(st);
         self.flush(&mut batch, &mut [], &mut out);
