@@ -441,8 +441,8 @@ impl<R: RngCore + CryptoRng> Device<R> {
     /// second per sender (the kernel's ICMP rate limit is per destination too).
     fn unreachable(&mut self, packet: &[u8], why: Drop, now: Clock, out: &mut impl Output) -> Outcome {
         let mut buf = [0u8; 1280];
-        match (ip::unreachable(packet, &mut buf), ip::source_and_len(packet)) {
-            (Some(n), Some((to, _))) if self.icmp_limiter.allow(to, now.mono) => out.deliver(&buf[..n]),
+        match ip::unreachable(packet, &mut buf) {
+            Some((n, to)) if self.icmp_limiter.allow(to, now.mono) => out.deliver(&buf[..n]),
             _ => {}
         }
         Outcome::Dropped(why)

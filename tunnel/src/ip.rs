@@ -59,17 +59,16 @@ pub fn decap_ecn(p: &mut [u8], outer: u8) {
     if v6 {
         return;
     }
-    let sum = u32::from(!u16::from_be_bytes([p[10], p[11]])) + u32::from(!old) + u32::from(u16::from_be_bytes([p[0], p[1]]));
-    let sum = (sum & 0xffff) + (sum >> 16);
-    p[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+    let acc = u64::from(!u16::from_be_bytes([p[10], p[11]])) + u64::from(!old) + u64::from(u16::from_be_bytes([p[0], p[1]]));
+    p[10..12].copy_from_slice(&(!fold(acc)).to_be_bytes());
 }
 
 /// The ICMP error the kernel's `wg_xmit` sends when no peer takes a packet (host unreachable;
-/// for IPv6 address unreachable), written into `buf`: the sender learns at once instead of
-/// timing out. None where RFC 1122 §3.2.2 and RFC 4443 §2.4 (and the kernel) send none: about
+/// for IPv6 address unreachable), written into `buf`; its length and the sender it goes to: the
+/// sender learns at once instead of timing out. None where RFC 1122 §3.2.2 and RFC 4443 §2.4 (and the kernel) send none: about
 /// an ICMP error, a later IPv4 fragment, or from or to no single host. It comes from the
 /// unreachable address, as one of the host's own would be a martian on the TUN.
-pub fn unreachable(p: &[u8], buf: &mut [u8; 1280]) -> Option<usize> {
+pub fn unreachable(p: &[u8], buf: &mut [u8; 1280]) -> Option<(usize, IpAddr)> {
     let (src, len) = source_and_len(p)?;
     let (p, dst) = (&p[..len], destination(p)?);
     let (h, n, pseudo) = match (src, dst) {
@@ -107,7 +106,7 @@ pub fn unreachable(p: &[u8], buf: &mut [u8; 1280]) -> Option<usize> {
     buf[h + 8..n].copy_from_slice(&p[..n - h - 8]);
     let c = !fold(pseudo + u64::from(sum(&buf[h..n])));
     buf[h + 2..h + 4].copy_from_slice(&c.to_be_bytes());
-    Some(n)
+    Some((n, src))
 }
 
 /// Whether an IPv6 packet is an ICMPv6 error, or too short to tell, behind any extension
@@ -226,7 +225,8 @@ mod tests {
     fn an_unroutable_ipv4_packet_gets_host_unreachable_from_its_destination() {
         let mut buf = [0u8; 1280];
         let p = packet4([10, 0, 0, 9], 17, 1400);
-        let n = unreachable(&p, &mut buf).expect("an error");
+        let (n, to) = unreachable(&p, &mut buf).expect("an error");
+        assert_eq!(to, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), "to the sender");
         assert_eq!(n, 576, "RFC 1812: at most 576 bytes");
         let e = &buf[..n];
         assert_eq!(e[..10], [0x45, 0xd8, 2, 64, 0, 0, 0, 0, 64, 1], "TOS: internetwork control, the DSCP's low bits kept");
@@ -239,7 +239,7 @@ mod tests {
         // A short one is quoted whole; its padding is not.
         let mut p = packet4([10, 0, 0, 9], 6, 60);
         p.extend_from_slice(&[0xee; 8]);
-        let n = unreachable(&p, &mut buf).unwrap();
+        let (n, _) = unreachable(&p, &mut buf).unwrap();
         assert_eq!((n, &buf[28..n]), (88, &p[..60]));
         assert_eq!(checksum(&buf[20..n]), 0);
         // An echo request is answered; an error about an error, a later fragment, a packet to a
@@ -272,7 +272,8 @@ mod tests {
         let mut buf = [0u8; 1280];
         let to: Ipv6Addr = "fd00::9".parse().unwrap();
         let p = packet6(to, 17, 1400);
-        let n = unreachable(&p, &mut buf).expect("an error");
+        let (n, sender) = unreachable(&p, &mut buf).expect("an error");
+        assert_eq!(sender, "fd00::1".parse::<IpAddr>().unwrap(), "to the sender");
         assert_eq!(n, 1280, "RFC 4443: no more than the minimum MTU");
         let e = &buf[..n];
         assert_eq!(e[..8], [0x60, 0, 0, 0, 0x04, 0xd8, 58, 64]);

@@ -128,7 +128,7 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<SetRequ
                     let rotate = key == "rotate_private_key";
                     // Clearing the key is no rotation.
                     if rotate && zero {
-                        return Err(invalid(key, value));
+                        return Err(bad());
                     }
                     req.private_key = Some((!zero).then_some(k));
                     req.keep_sessions = rotate;

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     // The ICMP error for a packet no peer takes: never panics, stays within the minimum MTU,
     // and its checksums hold (IPv4: header and ICMP; IPv6: ICMPv6 over the pseudo-header).
     let mut icmp = [0u8; 1280];
-    if let Some(n) = wgmesh_tunnel::ip::unreachable(data, &mut icmp) {
+    if let Some((n, _)) = wgmesh_tunnel::ip::unreachable(data, &mut icmp) {
         let e = &icmp[..n];
         if e[0] >> 4 == 4 {
             assert!((28..=576).contains(&n) && sum(&e[..20]) == 0xffff && sum(&e[20..]) == 0xffff);
