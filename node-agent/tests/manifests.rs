@@ -26,6 +26,8 @@ use wgmesh_node_agent::engine::EngineMode;
 use wgmesh_node_agent::uapi_client::UapiClient;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+/// The image's build context: the repository root, less what .dockerignore names.
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const NODE_FILE: &str = "node-agent/node-agent.yaml";
 const OPERATOR_FILE: &str = "operator/operator.yaml";
 const CLEANUP_FILE: &str = "cleanup/cleanup.yaml";
@@ -55,6 +57,7 @@ struct Doc {
 struct Inputs {
     docs: Vec<Doc>,
     dockerfile: String,
+    dockerignore: String,
 }
 
 fn read(path: &Path) -> String {
@@ -99,6 +102,7 @@ fn load() -> Inputs {
     Inputs {
         docs,
         dockerfile: read(&Path::new(DEPLOY).join(DOCKERFILE)),
+        dockerignore: read(&Path::new(REPO).join(".dockerignore")),
     }
 }
 
@@ -827,9 +831,94 @@ fn node_checks(inp: &Inputs, problems: &mut Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the image build leaves `path` (from the repository root) out of its context, as
+/// Docker reads .dockerignore: a line matches the path or a folder above it, `!` takes a match
+/// back, the last matching line wins. Wildcards: `*`, `?` and `**` (not `[...]`).
+fn ignored(dockerignore: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut out = false;
+    for line in dockerignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (keep, pattern) = line.strip_prefix('!').map_or((false, line), |p| (true, p));
+        let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        if (1..=parts.len()).any(|n| glob(&pattern, &parts[..n])) {
+            out = !keep;
+        }
+    }
+    out
+}
+
+/// Path elements against pattern elements; `**` stands for any number of elements.
+fn glob(pattern: &[&str], path: &[&str]) -> bool {
+    match (pattern.split_first(), path.split_first()) {
+        (None, None) => true,
+        (Some((&"**", rest)), _) => glob(rest, path) || (!path.is_empty() && glob(pattern, &path[1..])),
+        (Some((p, prest)), Some((e, erest))) => element(p.as_bytes(), e.as_bytes()) && glob(prest, erest),
+        _ => false,
+    }
+}
+
+fn element(p: &[u8], e: &[u8]) -> bool {
+    match (p.split_first(), e.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => element(rest, e) || (!e.is_empty() && element(p, &e[1..])),
+        (Some((b'?', rest)), Some((_, erest))) => element(rest, erest),
+        (Some((a, rest)), Some((b, erest))) => a == b && element(rest, erest),
+        _ => false,
+    }
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("directory entry").path();
+        let name = path.file_name().unwrap_or_default();
+        if path.is_dir() && name != "target" && name != "fuzz" {
+            files_under(&path, out);
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+}
+
+/// The image build gets every file it uses: the workspace (manifests, lock file, each member
+/// crate but its fuzz targets) and each repository file the Dockerfile's commands name.
+fn image_context_problems(inp: &Inputs) -> Vec<String> {
+    let root = read(&Path::new(REPO).join("Cargo.toml"));
+    let members = root
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = ["))
+        .map(|l| l.split('"').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    for m in &members {
+        let mut files = Vec::new();
+        files_under(&Path::new(REPO).join(m), &mut files);
+        needed.extend(files.iter().filter_map(|f| Some(f.strip_prefix(REPO).ok()?.to_string_lossy().into_owned())));
+    }
+    // words of RUN and COPY lines that are files here (build outputs under target/ are made in the image)
+    let words = inp.dockerfile.lines().filter(|l| !l.trim_start().starts_with('#'));
+    let words = words.flat_map(|l| l.split(|c: char| c.is_whitespace() || "\"'$()=".contains(c)));
+    needed.extend(
+        words
+            .filter(|w| w.contains('/') && !w.starts_with('/') && !w.starts_with("target/"))
+            .filter(|w| Path::new(REPO).join(w).is_file())
+            .map(str::to_owned),
+    );
+    let mut problems: Vec<String> = needed
+        .iter()
+        .filter(|f| ignored(&inp.dockerignore, f))
+        .map(|f| format!(".dockerignore leaves {f} out of the image build, which needs it"))
+        .collect();
+    if members.is_empty() {
+        problems.push("Cargo.toml names no workspace members".into());
+    }
+    problems
+}
+
 fn all_problems(inp: &Inputs) -> Vec<String> {
     let mut p = document_problems(inp);
     p.extend(node_problems(inp));
+    p.extend(image_context_problems(inp));
     if let Err(e) = cleanup_checks(inp, &mut p) {
         p.push(e);
     }
@@ -1000,6 +1089,21 @@ type Breakage = (&'static str, fn(&mut Inputs), &'static str);
 
 /// One way to break the inputs per check, and the words its problem must contain.
 const BREAKAGES: &[Breakage] = &[
+    (
+        "build script left out of the image context",
+        |i| i.dockerignore.push_str("\n/scripts/\n"),
+        "leaves scripts/cni-static.sh out",
+    ),
+    (
+        "a crate left out of the image context",
+        |i| i.dockerignore.push_str("\nr?nl/**/*.rs\n"),
+        "leaves rtnl/src/lib.rs out",
+    ),
+    (
+        "lock file left out of the image context",
+        |i| i.dockerignore.push_str("\n*.lock\n"),
+        "leaves Cargo.lock out",
+    ),
     (
         "cleanup before the CNI uninstall",
         |i| {
@@ -1363,6 +1467,16 @@ const BREAKAGES: &[Breakage] = &[
         "resourceNames",
     ),
 ];
+
+#[test]
+fn dockerignore_is_read_as_docker_reads_it() {
+    let rules = "# comment\n.git\n**/target\nscripts\n!scripts/keep.sh\ndocs/*.md\n";
+    assert!(ignored(rules, "scripts/other.sh"), "a folder's line covers what is inside it");
+    assert!(!ignored(rules, "scripts/keep.sh"), "a later ! line takes a file back");
+    assert!(ignored(rules, "target/release/x") && ignored(rules, "tunnel/fuzz/target/y"), "** spans any depth, none too");
+    assert!(ignored(rules, "docs/a.md") && !ignored(rules, "docs/a.txt") && !ignored(rules, "docs/sub/a.md"));
+    assert!(!ignored(rules, "tunnel/src/lib.rs") && !ignored(rules, ".gitignore"));
+}
 
 #[test]
 fn every_check_can_fail() {
