@@ -114,7 +114,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct WireGuardPeerStatus {
     /// `Valid` (spec accepted and distributed) and `Ready` (a node saw a recent handshake).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "readable_only")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
 
@@ -127,6 +127,50 @@ pub struct WireGuardPeerStatus {
     pub distributed_allowed_ips: Vec<String>,
 
     /// Latest handshake any node completed with this peer (reported by the node agents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "unknown_if_unreadable")]
     pub latest_handshake: Option<Time>,
+}
+
+// The API server's `date-time` check lets through times RFC 3339 parsers refuse (an offset of
+// +30:00, say), and any node's agent may write `latestHandshake`: one such value must not fail
+// every list and watch of peers. An unreadable time reads as unknown, an unreadable condition
+// as absent (the operator, which owns the conditions, then writes it again).
+fn unknown_if_unreadable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+fn readable_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Condition>, D::Error> {
+    let v = Option::<Vec<serde_json::Value>>::deserialize(d)?;
+    Ok(v.into_iter().flatten().filter_map(|c| serde_json::from_value(c).ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn peer(status: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "wgmesh.io/v1alpha1", "kind": "WireGuardPeer",
+            "metadata": {"name": "office"},
+            "spec": {"publicKey": "k", "allowedIPs": ["10.9.0.0/24"]},
+            "status": status,
+        })
+    }
+
+    #[test]
+    fn a_time_the_api_server_let_through_does_not_fail_the_list() {
+        let good = json!({"latestHandshake": "2026-12-07T10:00:00Z", "conditions": [
+            {"type": "Valid", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-12-07T09:00:00Z"}]});
+        let bad = json!({"latestHandshake": "2026-12-07T10:00:00+30:00", "conditions": [
+            {"type": "Valid", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-12-07T09:00:00x5Z"},
+            {"type": "Ready", "status": "False", "reason": "NoHandshake", "message": "", "lastTransitionTime": "2026-12-07T09:00:00Z"}]});
+        let list: Vec<WireGuardPeer> = serde_json::from_value(json!([peer(good), peer(bad)])).expect("the list reads");
+        let (good, bad) = (list[0].status.as_ref().expect("status"), list[1].status.as_ref().expect("status"));
+        assert_eq!(good.latest_handshake.as_ref().map(|t| t.0.to_string()).as_deref(), Some("2026-12-07T10:00:00Z"));
+        assert_eq!(good.conditions.len(), 1);
+        assert_eq!(bad.latest_handshake, None, "an unreadable time is unknown");
+        assert_eq!(bad.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Ready"], "only the readable condition is kept");
+    }
 }
