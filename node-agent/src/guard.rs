@@ -13,7 +13,7 @@
 //! `ruleset` is pure; `Guard` applies it with the `nft` tool (nftables' own parser, one
 //! transaction per script) and checks once a second that the kernel still holds it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -257,25 +257,44 @@ impl Guard {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes()).map_err(|e| GuardError::Nft(what, format!("writing the script: {e}")))?;
-        }
+        // Written and read by threads while we wait: a listing larger than the pipe (a big
+        // cluster's table) would otherwise block nft until it is killed.
+        let script = stdin.map(str::to_owned);
+        let writer = child.stdin.take().map(|mut pipe| {
+            std::thread::spawn(move || script.map_or(Ok(()), |t| pipe.write_all(t.as_bytes())))
+        });
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                pipe.map(|mut p| p.read_to_end(&mut v));
+                v
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         // a hung nft must not hold up the agent's loop (routes, rule, readiness)
         let deadline = Instant::now() + NFT_TIMEOUT;
-        while child.try_wait().map_err(spawn_err)?.is_none() {
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(spawn_err)? {
+                break status;
+            }
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(GuardError::Nft(what, format!("no answer within {NFT_TIMEOUT:?}")));
             }
             std::thread::sleep(Duration::from_millis(2));
+        };
+        let joined = |t: std::thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
+        let (out, err) = (joined(stdout), joined(stderr));
+        // nft's own words first: a script it refused half-read also breaks the pipe
+        if !status.success() {
+            return Err(GuardError::Nft(what, String::from_utf8_lossy(&err).trim().to_string()));
         }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(GuardError::Nft(what, err));
+        if let Some(Ok(Err(e))) = writer.map(|w| w.join()) {
+            return Err(GuardError::Nft(what, format!("writing the script: {e}")));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
@@ -397,6 +416,18 @@ mod tests {
         assert!(matches!(Guard::new(none).remove(), Ok(false)));
         let denied = fake("denied", "Error: Could not process rule: Operation not permitted");
         assert!(matches!(Guard::new(denied).remove(), Err(GuardError::Nft(..))));
+    }
+
+    #[test]
+    fn a_listing_larger_than_a_pipe_is_read_whole() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let nft = d.path().join("nft");
+        // 160 KiB of listing, as a table with thousands of prefixes prints, then the table's end
+        let body = "\\t\\tip daddr 10.244.0.0/16 counter packets 1 bytes 84 drop\\n";
+        crate::test_util::script(&nft, &format!("#!/bin/sh\nprintf 'table inet wgmesh {{\\n\\tchain postrouting {{\\n'\ni=0\nwhile [ $i -lt 2800 ]; do printf '{body}'; i=$((i+1)); done\nprintf '\\t}}\\n}}\\n'\n"));
+        let listing = Guard::new(nft).list().expect("listed").expect("a table");
+        assert!(listing.len() > 150_000 && listing.ends_with("}\n"), "{} bytes", listing.len());
+        assert_eq!(dropped(&listing).leaving, 2800);
     }
 
     #[test]

@@ -148,11 +148,6 @@ impl PrivateKey {
     pub fn to_hex(&self) -> Zeroizing<String> {
         Zeroizing::new(secret_hex(&self.0).as_str().to_owned())
     }
-
-    /// Base64 text for the key file.
-    fn to_base64(&self) -> Zeroizing<String> {
-        Zeroizing::new(STANDARD.encode(&self.0[..]))
-    }
 }
 
 /// The public key of raw private key bytes (as read from an engine's `get=1`).
@@ -242,9 +237,11 @@ pub fn store(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         atomic::create_dir_all(dir, 0o700).map_err(err)?;
     }
-    let mut text = key.to_base64();
-    text.push('\n');
-    atomic::write(path, text.as_bytes(), 0o600).map_err(err)
+    // 44 characters and a newline, in a wiped buffer of that size (a String that grew would
+    // free its first copy unwiped)
+    let mut text = Zeroizing::new([b'\n'; 45]);
+    let n = STANDARD.encode_slice(&key.0[..], &mut text[..44]).map_err(|e| err(std::io::Error::other(e)))?;
+    atomic::write(path, &text[..=n], 0o600).map_err(err)
 }
 
 // a key file someone made group- or world-readable is repaired rather than refused

@@ -22,6 +22,32 @@ const MAX_REPLY: usize = 64 << 20;
 
 /// I/O deadline of one UAPI exchange.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connect waits for an engine whose accept queue is full (a wedged engine).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects without blocking for good: a plain connect waits as long as the engine's
+/// accept queue stays full, and a wedged engine would stop the agent's loop with it.
+fn connect(path: &Path) -> io::Result<UnixStream> {
+    let addr = socket2::SockAddr::unix(path)?;
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        match s.connect(&addr) {
+            Ok(()) => {
+                s.set_nonblocking(false)?;
+                return Ok(s.into());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("the engine accepted no connection within {CONNECT_TIMEOUT:?}")))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Socket path of interface `ifname`.
 pub fn socket_path(ifname: &str) -> PathBuf {
@@ -206,7 +232,7 @@ impl UapiClient {
 
     /// True if something accepts connections on the socket.
     pub fn alive(&self) -> bool {
-        UnixStream::connect(&self.path).is_ok()
+        connect(&self.path).is_ok()
     }
 
     fn exchange(&self, request: &[u8]) -> Result<Zeroizing<String>, UapiError> {
@@ -214,7 +240,7 @@ impl UapiClient {
             path: self.path.clone(),
             source,
         };
-        let mut s = UnixStream::connect(&self.path).map_err(|source| UapiError::Connect {
+        let mut s = connect(&self.path).map_err(|source| UapiError::Connect {
             path: self.path.clone(),
             source,
         })?;
@@ -279,6 +305,36 @@ mod tests {
     use super::*;
 
     const PK_A: &str = "e2f9c7d1b3a5968778695a4b3c2d1e0ff0e1d2c3b4a5968778695a4b3c2d1e0f";
+
+    #[test]
+    fn an_engine_that_accepts_nothing_is_not_waited_for_forever() {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("wg9.sock");
+        let addr = SockAddr::unix(&path).expect("address");
+        let engine = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+        engine.bind(&addr).expect("bind");
+        engine.listen(0).expect("listen");
+        // fill its accept queue, as a wedged engine's fills tick by tick
+        let mut queued = Vec::new();
+        loop {
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+            s.set_nonblocking(true).expect("nonblocking");
+            match s.connect(&addr) {
+                Ok(()) => queued.push(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(queued.len() < 4096, "the queue never filled");
+        }
+        let client = UapiClient { path };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send((client.alive(), client.get().err().map(|e| e.to_string()))));
+        let (alive, err) = rx.recv_timeout(Duration::from_secs(60)).expect("the client gave up instead of waiting for good");
+        assert!(!alive);
+        let err = err.expect("get failed");
+        assert!(err.contains("cannot connect") && err.contains("accepted no connection"), "{err}");
+    }
 
     #[test]
     fn parses_a_get_reply_in_wireguard_go_order() {

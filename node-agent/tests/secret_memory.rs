@@ -44,6 +44,22 @@ fn key(b: u8) -> PublicKey {
 }
 
 #[test]
+fn a_stored_key_file_leaves_no_key_text_in_freed_memory() {
+    let _one = wgmesh_leakcheck::serial();
+    let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = d.path().join("private.key");
+    let sk = PrivateKey::from_bytes([0xef; 32]);
+    // 12 bytes of 0xef in base64, as the key file holds them (clamping changes only the ends)
+    let leaks = wgmesh_leakcheck::leaks_during(&[b"7+/v7+/v7+/v7+/v"], || {
+        wgmesh_node_agent::key::store(&path, &sk).unwrap_or_else(|e| panic!("{e}"))
+    });
+    assert_eq!(leaks, 0, "freed blocks held the key's base64 text");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let back = text.strip_suffix('\n').and_then(PrivateKey::from_base64).map(|k| k.public_key());
+    assert_eq!(back, Some(sk.public_key()), "the key file is the key's base64 and a newline: {text:?}");
+}
+
+#[test]
 fn a_rendered_set_request_leaves_no_key_in_freed_memory() {
     let _one = wgmesh_leakcheck::serial();
     let sk = PrivateKey::from_bytes([0xef; 32]);

@@ -124,10 +124,7 @@ impl Netlink {
             let mut m = RouteMessage::default();
             m.header.address_family = fam;
             let replies = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
-            out.extend(replies.into_iter().filter_map(|r| match r {
-                RouteNetlinkMessage::NewRoute(r) => Some(r),
-                _ => None,
-            }));
+            out.extend(routes_of(replies, fam));
         }
         Ok(out)
     }
@@ -193,6 +190,15 @@ fn default_oifs(routes: &[RouteMessage]) -> Vec<u32> {
 }
 
 /// An IPv4 or IPv6 address attribute of a route.
+/// The routes of family `fam` in a dump's replies. A kernel without IPv6 (`ipv6.disable=1`)
+/// answers an IPv6 dump with every family's routes: each IPv4 route would be seen twice.
+pub fn routes_of(replies: Vec<RouteNetlinkMessage>, fam: AddressFamily) -> impl Iterator<Item = RouteMessage> {
+    replies.into_iter().filter_map(move |r| match r {
+        RouteNetlinkMessage::NewRoute(r) if r.header.address_family == fam => Some(r),
+        _ => None,
+    })
+}
+
 pub fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
@@ -229,3 +235,23 @@ pub fn route_table(r: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(r.header.table))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(fam: AddressFamily) -> RouteNetlinkMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = fam;
+        RouteNetlinkMessage::NewRoute(m)
+    }
+
+    #[test]
+    fn an_ipv6_dump_answered_with_every_family_yields_only_ipv6_routes() {
+        // what a kernel booted with ipv6.disable=1 sends back for an IPv6 route dump
+        let replies = vec![route(AddressFamily::Inet), route(AddressFamily::Inet6), route(AddressFamily::Inet)];
+        let fams = |fam| routes_of(replies.clone(), fam).map(|r| r.header.address_family).collect::<Vec<_>>();
+        assert_eq!(fams(AddressFamily::Inet6), [AddressFamily::Inet6]);
+        assert_eq!(fams(AddressFamily::Inet), [AddressFamily::Inet, AddressFamily::Inet]);
+    }
+}
