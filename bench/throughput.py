@@ -110,6 +110,9 @@ def measure(dst, seconds):
         r = json.loads(sh(f"ip netns exec {NS[0]} iperf3 -c {dst} -p 5201 -t {seconds} -P {streams} -J", check=False) or "{}")
         wall = time.time() - t0
         bps = r.get("end", {}).get("sum_received", {}).get("bits_per_second", 0.0)
+        if not bps:
+            # counted as 0 (the median absorbs one); say why rather than hide it
+            print(f"  iperf3 to {dst}, {streams} stream(s), failed: {r.get('error', 'no result')}", file=sys.stderr, flush=True)
         out[f"tcp{streams}"] = bps / 1e9
         if streams == 1:
             # Cores used by each engine per Gbit/s carried, and datagrams the receiver's socket dropped.
