@@ -343,7 +343,14 @@ impl Agent {
             self.key_stamp = key::FileStamp::of(path);
             return Ok(());
         }
-        let k = key::load(path)?;
+        let k = match key::load(path) {
+            // said once per version of the file: the next tick finds the same stamp
+            Err(e @ key::KeyError::Malformed(_)) => {
+                self.key_stamp = stamp;
+                return Err(e.into());
+            }
+            r => r?,
+        };
         if k != self.key {
             let public_key = k.public_key();
             tracing::info!(old = %self.public_key, new = %public_key, "node key rotated; moving the engine to it");

@@ -813,6 +813,17 @@ fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() 
     // And afterwards, on the new sessions.
     assert!(ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v6, 2, "2"));
 
+    // A key file someone garbled: the engine keeps the key, and the agent says so once per
+    // version of the file, not on every tick.
+    let warning = "cannot load the rotated private key";
+    let warned = || std::fs::read_to_string(&m.node(1).log).unwrap_or_default().matches(warning).count();
+    std::fs::write(&m.node(1).key_path, "not a key\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(wait_for(Duration::from_secs(2), || warned() == 1).is_some(), "no warning: {}", m.log_tail(1));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(warned(), 1, "warned on every tick: {}", m.log_tail(1));
+    assert_eq!(wg_show(&m.node(1).ns, &m.node(1).ifname, "public-key").first().map(|f| f[0].clone()), Some(new_key.clone()));
+    assert!(ping(&p1.ns, p2.v4, 2, "2"));
+
     only_wireguard(&mut m, cap);
 }
 
