@@ -102,18 +102,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some(s) => s,
         None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
     };
-    let opts = InstallOptions {
-        bin_dir,
-        conf_dir,
-        source_binary,
-        plugin: install::plugin_entry(
-            mtu,
-            underlay.as_deref(),
-            readiness.as_deref(),
-            require_readiness,
-        ),
-        standalone,
-    };
+    let plugin = install::plugin_entry(mtu, underlay.as_deref(), readiness.as_deref(), require_readiness);
+    // A value the plugin would refuse on every ADD (a relative readiness path, a bad interface
+    // name) is refused here by the plugin's own parser, before any file changes.
+    let mut conf = plugin.clone();
+    conf.insert("cniVersion".into(), "1.0.0".into());
+    conf.insert("name".into(), "wgmesh-check".into());
+    crate::config::parse(serde_json::Value::Object(conf).to_string().as_bytes(), rscni_types::types::Cmd::Add)
+        .map_err(|e| format!("the plugin would refuse every pod with these options: {e}"))?;
+    let opts = InstallOptions { bin_dir, conf_dir, source_binary, plugin, standalone };
     Ok(match watch {
         Some(every) => Command::Watch { opts, every },
         None => Command::Install(opts),
@@ -126,6 +123,21 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn values_the_plugin_would_refuse_are_refused_at_install() {
+        for (flags, key) in [
+            ("install --readiness-path run/wgmesh/ready", "readinessPath"),
+            ("install --underlay-interface this-name-is-too-long", "underlayInterface"),
+            ("install --underlay-interface a/b", "underlayInterface"),
+        ] {
+            match parse(&args(flags)) {
+                Err(e) => assert!(e.contains(key), "{flags}: {e}"),
+                Ok(_) => panic!("{flags}: accepted"),
+            }
+        }
+        assert!(parse(&args("install --readiness-path /run/x --underlay-interface ens3")).is_ok());
     }
 
     #[test]
