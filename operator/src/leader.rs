@@ -207,10 +207,14 @@ pub fn spawn(
     )
 }
 
-// updates the deadline; wakes the controller only when leadership flips, not on every renewal
+// updates the deadline; wakes the controller only when leadership flips, not on every renewal.
+// A term that lapsed during a slow renewal counts as lost: the controller stopped writing then
+// and must hear that the renewal brought it back.
 fn set_term(tx: &watch::Sender<Option<Instant>>, term: Option<Instant>) {
+    let now = Instant::now();
+    let leading = |t: Option<Instant>| t.is_some_and(|t| now < t);
     tx.send_if_modified(|v| {
-        let flipped = v.is_some() != term.is_some();
+        let flipped = leading(*v) != leading(term);
         *v = term;
         flipped
     });
@@ -371,6 +375,21 @@ mod tests {
             decide(Some(&s), "a", Duration::from_secs(16), D),
             Decision::Acquire { transitions: 4 }
         );
+    }
+
+    #[test]
+    fn a_renewal_after_the_term_lapsed_wakes_the_controller_a_plain_renewal_does_not() {
+        let now = Instant::now();
+        let (tx, mut rx) = watch::channel(Some(now + D));
+        set_term(&tx, Some(now + 2 * D));
+        assert!(!rx.has_changed().unwrap_or(true), "a renewal within the term is no news");
+        tx.send_replace(Some(now - Duration::from_secs(1)));
+        rx.mark_unchanged();
+        set_term(&tx, Some(now + D));
+        assert!(rx.has_changed().unwrap_or(false), "leading again after a lapsed term must wake the controller");
+        rx.mark_unchanged();
+        set_term(&tx, None);
+        assert!(rx.has_changed().unwrap_or(false), "losing the lease wakes it too");
     }
 
     #[test]
