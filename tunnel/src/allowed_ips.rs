@@ -9,6 +9,8 @@ const NONE: u32 = u32::MAX;
 struct Node<T> {
     child: [u32; 2],
     value: Option<T>,
+    /// When the value was set: `wg show` lists a peer's prefixes in that order, as the kernel.
+    order: u64,
 }
 
 /// A binary trie over the top `bits` bits of a u128 key, nodes in one arena.
@@ -25,11 +27,11 @@ fn bit(key: u128, depth: u8, bits: u8) -> usize {
 
 impl<T: Copy + PartialEq> Trie<T> {
     fn new(bits: u8) -> Self {
-        Self { nodes: vec![Node { child: [NONE; 2], value: None }], free: Vec::new(), bits }
+        Self { nodes: vec![Node { child: [NONE; 2], value: None, order: 0 }], free: Vec::new(), bits }
     }
 
     fn alloc(&mut self) -> u32 {
-        let n = Node { child: [NONE; 2], value: None };
+        let n = Node { child: [NONE; 2], value: None, order: 0 };
         if let Some(i) = self.free.pop() {
             self.nodes[i as usize] = n;
             return i;
@@ -38,7 +40,7 @@ impl<T: Copy + PartialEq> Trie<T> {
         (self.nodes.len() - 1) as u32
     }
 
-    fn insert(&mut self, key: u128, len: u8, value: T) -> Option<T> {
+    fn insert(&mut self, key: u128, len: u8, value: T, order: u64) -> Option<T> {
         let mut at = 0u32;
         for d in 0..len {
             let b = bit(key, d, self.bits);
@@ -51,6 +53,7 @@ impl<T: Copy + PartialEq> Trie<T> {
                 next
             };
         }
+        self.nodes[at as usize].order = order;
         self.nodes[at as usize].value.replace(value)
     }
 
@@ -104,13 +107,13 @@ impl<T: Copy + PartialEq> Trie<T> {
         best
     }
 
-    /// Visits every (prefix, len, value) in address order.
-    fn walk(&self, f: &mut impl FnMut(u128, u8, T)) {
+    /// Visits every (prefix, len, value, order) in address order.
+    fn walk(&self, f: &mut impl FnMut(u128, u8, T, u64)) {
         let mut stack = vec![(0u32, 0u128, 0u8)];
         while let Some((n, key, depth)) = stack.pop() {
             let node = &self.nodes[n as usize];
             if let Some(v) = node.value {
-                f(key, depth, v);
+                f(key, depth, v, node.order);
             }
             for b in [1usize, 0] {
                 if node.child[b] != NONE {
@@ -123,7 +126,7 @@ impl<T: Copy + PartialEq> Trie<T> {
 
     fn remove_value(&mut self, value: T) {
         let mut doomed = Vec::new();
-        self.walk(&mut |k, l, v| {
+        self.walk(&mut |k, l, v, _| {
             if v == value {
                 doomed.push((k, l));
             }
@@ -150,11 +153,12 @@ pub struct AllowedIps<T> {
     v6: Trie<T>,
     /// The last lookup: a batch is mostly one flow, so most lookups repeat it.
     last: std::cell::Cell<Option<(IpAddr, Option<T>)>>,
+    inserted: u64,
 }
 
 impl<T: Copy + PartialEq> Default for AllowedIps<T> {
     fn default() -> Self {
-        Self { v4: Trie::new(32), v6: Trie::new(128), last: std::cell::Cell::new(None) }
+        Self { v4: Trie::new(32), v6: Trie::new(128), last: std::cell::Cell::new(None), inserted: 0 }
     }
 }
 
@@ -174,8 +178,10 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
     /// Adds `ip/cidr` for `value`, taking it from any other owner; returns the previous owner.
     /// A `cidr` longer than the address is clamped to it.
     pub fn insert(&mut self, ip: IpAddr, cidr: u8, value: T) -> Option<T> {
+        self.inserted += 1;
+        let order = self.inserted;
         let (trie, key, len) = self.trie(ip, cidr);
-        trie.insert(key, len, value)
+        trie.insert(key, len, value, order)
     }
 
     /// Removes `ip/cidr` only if `value` owns it (UAPI `allowed_ip=-…`).
@@ -205,9 +211,13 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
         v
     }
 
-    /// Every prefix with its owner: IPv4 first, each family in address order.
+    /// Every prefix with its owner, in the order they were inserted (a prefix inserted again
+    /// moves to the end), as the kernel's per-peer lists: `wg showconf` gives back what was set.
     pub fn for_each(&self, mut f: impl FnMut(IpAddr, u8, T)) {
-        self.v4.walk(&mut |k, l, v| f(IpAddr::V4(Ipv4Addr::from(k as u32)), l, v));
-        self.v6.walk(&mut |k, l, v| f(IpAddr::V6(Ipv6Addr::from(k)), l, v));
+        let mut all = Vec::new();
+        self.v4.walk(&mut |k, l, v, o| all.push((o, IpAddr::V4(Ipv4Addr::from(k as u32)), l, v)));
+        self.v6.walk(&mut |k, l, v, o| all.push((o, IpAddr::V6(Ipv6Addr::from(k)), l, v)));
+        all.sort_unstable_by_key(|e| e.0);
+        all.into_iter().for_each(|(_, ip, l, v)| f(ip, l, v));
     }
 }

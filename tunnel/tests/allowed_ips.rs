@@ -57,6 +57,24 @@ fn inserting_moves_a_prefix_between_peers() {
 }
 
 #[test]
+fn prefixes_are_listed_in_the_order_they_were_inserted_as_the_kernel_lists_them() {
+    let mut t = AllowedIps::default();
+    t.insert(ip("10.2.0.0"), 16, 1);
+    t.insert(ip("fd00::"), 64, 1);
+    t.insert(ip("10.1.0.0"), 16, 1);
+    t.insert(ip("10.9.0.0"), 16, 2);
+    let order = |t: &AllowedIps<usize>| dump(t).into_iter().map(|(p, o)| format!("{p}@{o}")).collect::<Vec<_>>();
+    assert_eq!(order(&t), ["10.2.0.0/16@1", "fd00::/64@1", "10.1.0.0/16@1", "10.9.0.0/16@2"]);
+    // inserted again, even by its owner, a prefix moves to the end (list_move_tail)
+    t.insert(ip("10.2.0.0"), 16, 1);
+    t.insert(ip("10.9.0.0"), 16, 1);
+    assert_eq!(order(&t), ["fd00::/64@1", "10.1.0.0/16@1", "10.2.0.0/16@1", "10.9.0.0/16@1"]);
+    t.remove(ip("10.1.0.0"), 16, 1);
+    t.insert(ip("10.1.0.0"), 16, 1);
+    assert_eq!(order(&t)[3], "10.1.0.0/16@1");
+}
+
+#[test]
 fn remove_one_prefix_only_if_owned_and_remove_all_of_a_peer() {
     let mut t = AllowedIps::default();
     t.insert(ip("10.0.0.0"), 24, 1);

@@ -554,6 +554,33 @@ fn wg_tool_show_set_setconf_syncconf() {
 }
 
 #[test]
+fn allowed_ips_are_listed_in_the_order_set_as_wireguard_go_lists_them() {
+    let p = pair(Impl::Ours, Impl::WireguardGo, false);
+    let k = genkey();
+    let shown: Vec<String> = (0..2)
+        .map(|n| {
+            let (ns, i) = (&p.ns[n], &p.iface[n]);
+            p.lab.wg_set(ns, i, None, &format!("peer {} allowed-ips 10.2.0.0/16,fd00::/64,10.1.0.0/16,192.168.5.0/24", k.public));
+            // added without replacing (UAPI; this wg has no +prefix syntax): one already there, one new
+            let hex: String = {
+                use base64::Engine as _;
+                let raw = base64::engine::general_purpose::STANDARD.decode(&k.public).unwrap();
+                raw.iter().map(|b| format!("{b:02x}")).collect()
+            };
+            let mut s = std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{i}.sock")).unwrap();
+            write!(s, "set=1\npublic_key={hex}\nallowed_ip=10.2.0.0/16\nallowed_ip=fd09::/48\n\n").unwrap();
+            let mut resp = [0u8; 64];
+            let n = s.read(&mut resp).unwrap();
+            assert_eq!(&resp[..n], b"errno=0\n\n");
+            let out = p.lab.exec_ok(ns, &["wg", "show", i, "allowed-ips"]);
+            out.lines().find(|l| l.starts_with(&k.public)).unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(shown[0], shown[1], "ours, then wireguard-go");
+    assert_eq!(shown[0], format!("{}\tfd00::/64 10.1.0.0/16 192.168.5.0/24 10.2.0.0/16 fd09::/48", k.public));
+}
+
+#[test]
 fn wg_quick_up_and_down() {
     let mut lab = Lab::new();
     let ns = lab.ns("q");
