@@ -18,13 +18,10 @@ pub enum KeyError {
 
 fn decode_base64(s: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let s = s.trim();
-    if s.len() != 44 {
-        return Err(KeyError::Base64);
-    }
     let mut out = Zeroizing::new([0u8; 32]);
     // STANDARD rejects non-canonical trailing bits, as `wg` does.
     match STANDARD.decode_slice(s, &mut *out) {
-        Ok(32) => Ok(out),
+        Ok(32) if s.len() == 44 => Ok(out),
         _ => Err(KeyError::Base64),
     }
 }

@@ -97,12 +97,9 @@ fn init_logging(child: bool) {
 fn daemonize(name: &str) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let verbose = std::env::var_os("LOG_LEVEL").is_some() || std::env::var_os("RUST_LOG").is_some();
+    let stderr = if verbose { Stdio::inherit() } else { Stdio::null() };
     let mut cmd = Command::new(exe);
-    cmd.arg(name).env(CHILD_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(if verbose {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    });
+    cmd.arg(name).env(CHILD_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
     // SAFETY: setsid is async-signal-safe; it detaches the child from our session.
     unsafe {
         cmd.pre_exec(|| {

@@ -76,11 +76,7 @@ pub struct SetRequest {
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, UapiError> {
     // Only `true` means anything; wireguard-go rejects other values.
-    if v == "true" {
-        Ok(true)
-    } else {
-        Err(invalid(key, v))
-    }
+    if v == "true" { Ok(true) } else { Err(invalid(key, v)) }
 }
 
 fn parse_endpoint(v: &str) -> Option<SocketAddr> {
@@ -98,14 +94,10 @@ fn parse_endpoint(v: &str) -> Option<SocketAddr> {
 }
 
 fn parse_prefix(v: &str) -> Option<(IpAddr, u8)> {
-    let (a, l) = match v.split_once('/') {
-        Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
-        None => {
-            let a = v.parse::<IpAddr>().ok()?;
-            (a, if a.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    canonical(a, l)
+    let (a, l) = v.split_once('/').map_or((v, None), |(a, l)| (a, Some(l)));
+    let a = a.parse::<IpAddr>().ok()?;
+    let full = if a.is_ipv4() { 32 } else { 128 };
+    canonical(a, l.map_or(Some(full), |l| l.parse().ok())?)
 }
 
 /// Parses the lines of a set request (after `set=1`, up to the blank line).

@@ -37,11 +37,7 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 /// The transport checksum to store: UDP sends 0 as 0xffff (0 means "none"), as the kernel.
 fn finish_checksum(acc: u64, udp: bool) -> u16 {
     let c = !fold(acc);
-    if c == 0 && udp {
-        0xffff
-    } else {
-        c
-    }
+    if c == 0 && udp { 0xffff } else { c }
 }
 
 /// Room left around each segment in the arena, so that it can be sealed where it lies:

@@ -149,12 +149,9 @@ impl Engine {
                 .build_sync()
         };
         let tun = build(true)
-            .or_else(|e| {
-                if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP)) {
-                    build(false)
-                } else {
-                    Err(e)
-                }
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOTSUP) => build(false),
+                _ => Err(e),
             })
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENODEV) => StartError::TunMissing(name.into()),
