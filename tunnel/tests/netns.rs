@@ -199,6 +199,7 @@ fn a_port_taken_at_link_up_is_bound_once_it_is_free() {
     let p = pair(Impl::Ours, Impl::WireguardGo, false);
     let ours = p.ns[0].clone();
     assert!(p.lab.ping(&ours, "192.168.241.2", 1));
+    let shook = Instant::now();
     p.lab.exec_ok(&ours, &["ip", "link", "set", &p.iface[0], "down"]);
     // Wait until our sockets are closed, then take the port.
     let taken = (0..50).find_map(|_| {
@@ -206,8 +207,14 @@ fn a_port_taken_at_link_up_is_bound_once_it_is_free() {
         in_ns(&ours, || UdpSocket::bind("0.0.0.0:51001").ok())
     });
     let taken = taken.expect("the engine let go of its port on link down");
+    let sent = p.lab.transfer(&ours, &p.iface[0], &p.keys[1].public).1;
     p.lab.exec_ok(&ours, &["ip", "link", "set", &p.iface[0], "up"]);
     assert!(!p.lab.ping(&ours, "192.168.241.2", 1), "no tunnel while another socket holds the port");
+    // Once the last handshake is 5 s old (REKEY_TIMEOUT) a ping starts a new one, which cannot
+    // leave: it is not counted, as the kernel counts only what left.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(shook.elapsed()));
+    assert!(!p.lab.ping(&ours, "192.168.241.2", 1));
+    assert_eq!(p.lab.transfer(&ours, &p.iface[0], &p.keys[1].public).1, sent, "tx_bytes grew without a socket");
     drop(taken);
     let t = Instant::now();
     while !p.lab.ping(&ours, "192.168.241.2", 1) {
@@ -735,6 +742,41 @@ fn clear_errors_and_exit_codes() {
     let out = lab.exec(&ns, &[OURS, &i]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A hung engine of the name (its accept queue full): refused too, not waited on for good.
+    let hung_name = format!("wgh{}", lab.id);
+    let path = format!("/var/run/wireguard/{hung_name}.sock");
+    let _ = std::fs::remove_file(&path);
+    let hung = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    hung.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+    hung.listen(0).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        if s.connect(&socket2::SockAddr::unix(&path).unwrap()).is_err() {
+            break;
+        }
+        queued.push(s);
+    }
+    // in the foreground: a daemon stuck on the socket would outlive a failed test
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, OURS, "-f", &hung_name])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        match child.try_wait().unwrap() {
+            Some(s) => break Some(s),
+            None if t.elapsed() > Duration::from_secs(30) => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let _ = child.kill();
+    let _ = std::fs::remove_file(&path);
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.is_some_and(|s| !s.success()) && err.contains("already"), "{status:?}: {err}");
     let out = run(&[OURS, "bad/name"]);
     assert_eq!(out.status.code(), Some(2));
     // Without CAP_NET_ADMIN: a clear message, non-zero.

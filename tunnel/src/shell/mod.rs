@@ -135,8 +135,11 @@ impl Engine {
     /// Creates the TUN device and the UAPI socket; returns once both exist.
     pub fn start(name: &str) -> Result<(Arc<Engine>, std::os::unix::net::UnixListener), StartError> {
         let socket_path = PathBuf::from(SOCKET_DIR).join(format!("{name}.sock"));
-        // Refuse to fight another live engine for the same name; clear a stale socket.
-        if std::os::unix::net::UnixStream::connect(&socket_path).is_ok() {
+        // Refuse to fight another live engine for the same name, a hung one too (its accept
+        // queue full: a blocking connect would wait for good); clear a stale socket.
+        let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .and_then(|s| s.set_nonblocking(true).and_then(|()| s.connect(&socket2::SockAddr::unix(&socket_path)?)));
+        if probe.as_ref().map_or_else(|e| e.kind() == io::ErrorKind::WouldBlock, |()| true) {
             return Err(StartError::InUse(name.into(), socket_path.display().to_string()));
         }
         // TSO/USO offloads let one read carry a whole TCP window and one write take a GRO batch.
@@ -228,26 +231,28 @@ impl Engine {
             batch.forget.iter().for_each(|to| _ = sticky.remove(to));
         }
         let bind = self.bind.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(bind) = bind {
-            // the larger count: a socket down to 1 sends its runs one by one itself
-            let segs = [&bind.v4, &bind.v6].iter().filter_map(|s| s.as_ref().map(|s| s.max_gso_segments())).max().unwrap_or(1).max(1);
-            for (to, reply_from, d, seg, ecn) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
-                let Some(s) = bind.socket_for(to) else { continue };
-                let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
-                let src = reply_from.or_else(learned);
-                let mut sent = s.send(to, d, seg, src, ecn);
-                let gone = |e: &io::Error| {
-                    matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH))
-                };
-                if src.is_some() && sent.as_ref().is_err_and(gone) {
-                    // The address left the host: forget it and let routing choose.
-                    self.sticky.write().unwrap_or_else(|e| e.into_inner()).remove(&to);
-                    sent = s.send(to, d, seg, None, ecn);
-                }
-                if let Err(e) = sent {
-                    tracing::debug!(%to, error = %e, "send failed");
-                    self.lock().dev.unsent(to, d.len());
-                }
+        // the larger count: a socket down to 1 sends its runs one by one itself
+        let socks = bind.iter().flat_map(|b| [&b.v4, &b.v6]).flatten();
+        let segs = socks.map(|s| s.max_gso_segments()).max().unwrap_or(1).max(1);
+        for (to, reply_from, d, seg, ecn) in batch.send_runs(arena, segs, GSO_MAX_BYTES) {
+            // No socket (the port taken at link up, or no IPv6 here): nothing left, nothing counted.
+            let Some(s) = bind.as_ref().and_then(|b| b.socket_for(to)) else {
+                self.lock().dev.unsent(to, d.len());
+                continue;
+            };
+            let learned = || self.sticky.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
+            let src = reply_from.or_else(learned);
+            let mut sent = s.send(to, d, seg, src, ecn);
+            let gone =
+                |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH));
+            if src.is_some() && sent.as_ref().is_err_and(gone) {
+                // The address left the host: forget it and let routing choose.
+                self.sticky.write().unwrap_or_else(|e| e.into_inner()).remove(&to);
+                sent = s.send(to, d, seg, None, ecn);
+            }
+            if let Err(e) = sent {
+                tracing::debug!(%to, error = %e, "send failed");
+                self.lock().dev.unsent(to, d.len());
             }
         }
         batch.clear();
