@@ -34,6 +34,8 @@ pub enum EngineError {
     },
     #[error("the engine failed to start {0} times in a row; trying again with backoff (at most every 30 s)")]
     Backoff(u32),
+    #[error("an engine holds {0} but accepts no connection (hung?); not starting another beside it")]
+    NotAccepting(PathBuf),
 }
 
 /// After a failed start the next waits 0.5 s, then 1 s, 2 s, ... up to 30 s: a broken engine
@@ -79,9 +81,16 @@ impl Engine {
 
     /// Makes sure an engine serves the interface; returns true if it was started now.
     pub fn ensure(&self) -> Result<bool, EngineError> {
-        if self.client.alive() {
-            self.failures.set((0, None));
-            return Ok(false);
+        match self.client.reachable() {
+            Ok(()) => {
+                self.failures.set((0, None));
+                return Ok(false);
+            }
+            // a second engine would wait on the same socket for good
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(EngineError::NotAccepting(self.client.path().to_owned()))
+            }
+            Err(_) => {}
         }
         if self.mode == EngineMode::Attach {
             return Err(EngineError::Absent(self.client.path().to_owned()));
@@ -145,5 +154,22 @@ mod tests {
         assert!(errors.iter().any(|m| m.contains("with backoff")), "{errors:?}");
         assert_eq!(backoff(1), Duration::from_millis(500));
         assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn beside_a_hung_engine_no_second_one_is_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bin, count) = (dir.path().join("engine"), dir.path().join("starts"));
+        crate::test_util::script(&bin, &format!("#!/bin/sh\necho start >> {}\n", count.display()));
+        let e = Engine::new(&format!("wgh{}", std::process::id() % 100_000), &bin, EngineMode::Auto);
+        // an engine holds the socket, but its accept queue is full
+        let path = e.client().path().to_owned();
+        std::fs::create_dir_all(path.parent().expect("socket dir")).expect("socket dir");
+        let _ = std::fs::remove_file(&path);
+        let _hung = crate::test_util::hung_listener(&path);
+        let r = e.ensure();
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(r, Err(EngineError::NotAccepting(_))), "{r:?}");
+        assert!(!count.exists(), "a second engine was started");
     }
 }

@@ -42,4 +42,24 @@ pub(crate) mod test_util {
         sh.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write script");
         assert!(sh.wait().expect("sh").success(), "cannot write {}", path.display());
     }
+
+    /// A unix socket at `path` that accepts nothing, its accept queue full: a hung engine.
+    /// Keep both values alive while the test needs it hung.
+    pub fn hung_listener(path: &Path) -> (socket2::Socket, Vec<socket2::Socket>) {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let addr = SockAddr::unix(path).expect("address");
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+        listener.bind(&addr).expect("bind");
+        listener.listen(0).expect("listen");
+        let mut queued = Vec::new();
+        loop {
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+            s.set_nonblocking(true).expect("nonblocking");
+            if s.connect(&addr).is_err() {
+                return (listener, queued);
+            }
+            queued.push(s);
+            assert!(queued.len() < 4096, "the queue never filled");
+        }
+    }
 }

@@ -165,9 +165,10 @@ impl Netlink {
         }
     }
 
-    /// Our rules into `table`, both families: those carrying [`PROTOCOL`], and those at our
-    /// `priority` with no protocol at all (kernels before 4.17 drop the attribute; earlier
-    /// agents did not set it).
+    /// Our rules, both families: those carrying [`PROTOCOL`], into any table (an earlier run
+    /// with another `--table` left one, which would shadow the new table), and those into
+    /// `table` at our `priority` with no protocol at all (kernels before 4.17 drop the
+    /// attribute; earlier agents did not set it).
     pub fn rules(&mut self, table: u32, priority: u32) -> io::Result<Vec<Rule>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -185,18 +186,18 @@ impl Netlink {
                     continue;
                 };
                 let rule = rule_of(&r);
-                // Only our rules into our table are ours: another program's rule at our
-                // priority (Cilium moves `lookup local` there) or into the same table
-                // (wg-quick's `not fwmark 51820 lookup 51820`) must never be touched.
+                // Only our rules are ours: another program's rule at our priority (Cilium
+                // moves `lookup local` there) or into the same table (wg-quick's `not fwmark
+                // 51820 lookup 51820`) must never be touched.
                 let proto = r.attributes.iter().find_map(|a| match a {
                     RuleAttribute::Protocol(p) => Some(*p),
                     _ => None,
                 });
                 let ours = match proto {
-                    None | Some(RouteProtocol::Unspec) => rule.priority == priority,
+                    None | Some(RouteProtocol::Unspec) => rule.priority == priority && rule.table == table,
                     Some(p) => p == RouteProtocol::from(PROTOCOL),
                 };
-                if rule.table == table && ours {
+                if ours {
                     out.push(rule);
                 }
             }

@@ -232,7 +232,13 @@ impl UapiClient {
 
     /// True if something accepts connections on the socket.
     pub fn alive(&self) -> bool {
-        connect(&self.path).is_ok()
+        self.reachable().is_ok()
+    }
+
+    /// Why nothing accepts, if so: `TimedOut` when an engine holds the socket but its accept
+    /// queue stays full.
+    pub fn reachable(&self) -> io::Result<()> {
+        connect(&self.path).map(drop)
     }
 
     fn exchange(&self, request: &[u8]) -> Result<Zeroizing<String>, UapiError> {
@@ -308,25 +314,10 @@ mod tests {
 
     #[test]
     fn an_engine_that_accepts_nothing_is_not_waited_for_forever() {
-        use socket2::{Domain, SockAddr, Socket, Type};
         let d = tempfile::tempdir().expect("tempdir");
         let path = d.path().join("wg9.sock");
-        let addr = SockAddr::unix(&path).expect("address");
-        let engine = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
-        engine.bind(&addr).expect("bind");
-        engine.listen(0).expect("listen");
-        // fill its accept queue, as a wedged engine's fills tick by tick
-        let mut queued = Vec::new();
-        loop {
-            let s = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
-            s.set_nonblocking(true).expect("nonblocking");
-            match s.connect(&addr) {
-                Ok(()) => queued.push(s),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-            assert!(queued.len() < 4096, "the queue never filled");
-        }
+        // its accept queue full, as a wedged engine's fills tick by tick
+        let _hung = crate::test_util::hung_listener(&path);
         let client = UapiClient { path };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || tx.send((client.alive(), client.get().err().map(|e| e.to_string()))));

@@ -428,6 +428,21 @@ fn restarting_the_agent_loses_nothing_and_a_killed_engine_is_back_within_two_sec
         );
     }
 
+    // Restarted with another --table: the rule moves to it; the old one, which would keep
+    // sending everything into the old table's drops first, does not linger.
+    m.kill_agent(1);
+    m.start_agent_with(1, &["--table", "51821"]);
+    m.wait_ready(1);
+    let ns1 = m.node(1).ns.clone();
+    let ours = |v: &str| {
+        let out = in_ns(&ns1, &["ip", v, "rule", "show"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("proto 87")).map(String::from).collect::<Vec<_>>()
+    };
+    let moved = |v: &str| matches!(&ours(v)[..], [one] if one.contains("lookup 51821"));
+    let settled = wait_for(Duration::from_secs(5), || moved("-4") && moved("-6"));
+    assert!(settled.is_some(), "{:?} {:?}: {}", ours("-4"), ours("-6"), m.log_tail(1));
+    assert!(ping(&p1.ns, p2.v4, 2, "2") && ping(&p2.ns, p1.v6, 2, "2"), "{}", m.log_tail(1));
+
     let s = only_wireguard(&mut m, cap);
     assert!(s.wireguard[4] > 200, "{s:?}");
 }
@@ -569,8 +584,9 @@ fn with_the_rule_flushed_and_no_agent_the_guard_keeps_pod_packets_off_the_underl
         "pod traffic after the agent's return: {}",
         m.log_tail(1)
     );
-    let log = std::fs::read_to_string(&m.node(1).log).unwrap_or_default();
-    assert!(log.contains("underlay guard dropped packets to remote pods"), "the drops were not reported: {}", m.log_tail(1));
+    // reported on the guard's first check, which may come just after the rule's repair
+    let reported = || std::fs::read_to_string(&m.node(1).log).unwrap_or_default().contains("underlay guard dropped packets to remote pods");
+    assert!(wait_for(Duration::from_secs(5), reported).is_some(), "the drops were not reported: {}", m.log_tail(1));
     // the capture fails on an ARP request for a pod address: what a leak looks like here
     only_wireguard(&mut m, cap);
 
@@ -817,7 +833,10 @@ fn rotating_a_node_key_keeps_every_ping_and_moves_all_sessions_to_the_new_key() 
     // version of the file, not on every tick.
     let warning = "cannot load the rotated private key";
     let warned = || std::fs::read_to_string(&m.node(1).log).unwrap_or_default().matches(warning).count();
-    std::fs::write(&m.node(1).key_path, "not a key\n").unwrap_or_else(|e| panic!("{e}"));
+    // replaced in one step (rename), as an editor or a tool would, so a tick sees one version
+    let garbled = m.node(1).key_path.with_extension("garbled");
+    std::fs::write(&garbled, "not a key\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&garbled, &m.node(1).key_path).unwrap_or_else(|e| panic!("{e}"));
     assert!(wait_for(Duration::from_secs(2), || warned() == 1).is_some(), "no warning: {}", m.log_tail(1));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(warned(), 1, "warned on every tick: {}", m.log_tail(1));

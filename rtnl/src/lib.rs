@@ -189,7 +189,6 @@ fn default_oifs(routes: &[RouteMessage]) -> Vec<u32> {
         .collect()
 }
 
-/// An IPv4 or IPv6 address attribute of a route.
 /// The routes of family `fam` in a dump's replies. A kernel without IPv6 (`ipv6.disable=1`)
 /// answers an IPv6 dump with every family's routes: each IPv4 route would be seen twice.
 pub fn routes_of(replies: Vec<RouteNetlinkMessage>, fam: AddressFamily) -> impl Iterator<Item = RouteMessage> {
@@ -199,6 +198,7 @@ pub fn routes_of(replies: Vec<RouteNetlinkMessage>, fam: AddressFamily) -> impl 
     })
 }
 
+/// An IPv4 or IPv6 address attribute of a route.
 pub fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
