@@ -214,7 +214,7 @@ fn set_term(tx: &watch::Sender<Option<Instant>>, term: Option<Instant>) {
     let now = Instant::now();
     let leading = |t: Option<Instant>| t.is_some_and(|t| now < t);
     tx.send_if_modified(|v| {
-        let flipped = leading(*v) != leading(term);
+        let flipped = leading(*v) != leading(term) || v.is_some() != term.is_some();
         *v = term;
         flipped
     });
@@ -390,6 +390,11 @@ mod tests {
         rx.mark_unchanged();
         set_term(&tx, None);
         assert!(rx.has_changed().unwrap_or(false), "losing the lease wakes it too");
+        // the term lapsed first (no renewal in time), then it is given up: still news
+        tx.send_replace(Some(now - Duration::from_secs(1)));
+        rx.mark_unchanged();
+        set_term(&tx, None);
+        assert!(rx.has_changed().unwrap_or(false), "ending a lapsed term wakes it");
     }
 
     #[test]
