@@ -27,8 +27,9 @@ impl Socket4or6 {
         self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
     }
     /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several),
-    /// from local address `src` when given (IP_PKTINFO), with outer ECN field `ecn`.
-    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>, ecn: u8) -> io::Result<()> {
+    /// from local address `src` when given (IP_PKTINFO), with outer ECN field `ecn`. An error
+    /// comes with the bytes that did not leave: all of a GSO send, the rest of one by one.
+    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>, ecn: u8) -> Result<(), (usize, io::Error)> {
         let ecn = quinn_udp::EcnCodepoint::from_bits(ecn);
         let send = |contents: &[u8], segment_size| {
             let t = Transmit { destination: to, ecn, contents, segment_size, src_ip };
@@ -40,14 +41,19 @@ impl Socket4or6 {
                 // whole, or (EINVAL) a stale chosen source, retried without: GSO off when sure.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EMSGSIZE)) || (src_ip.is_none() && e.raw_os_error() == Some(libc::EINVAL)) => self.gso.store(1, Ordering::Relaxed),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                r => return r,
+                r => return r.map_err(|e| (bytes.len(), e)),
             }
         }
-        bytes.chunks(segment).try_for_each(|d| send(d, None))
+        one_by_one(bytes, segment, |d| send(d, None))
     }
     pub fn max_gso_segments(&self) -> usize {
         self.gso.load(Ordering::Relaxed)
     }
+}
+
+/// Sends each `segment` bytes of `bytes` in turn; on an error, the bytes from there on.
+fn one_by_one(bytes: &[u8], segment: usize, mut send: impl FnMut(&[u8]) -> io::Result<()>) -> Result<(), (usize, io::Error)> {
+    bytes.chunks(segment).enumerate().try_for_each(|(i, d)| send(d).map_err(|e| (bytes.len() - i * segment, e)))
 }
 
 pub struct Bind {
@@ -138,5 +144,20 @@ impl Bind {
         } else {
             self.v6.as_ref()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_send_one_by_one_that_fails_reports_the_bytes_that_did_not_leave() {
+        let mut sent = 0;
+        let send = |_: &[u8]| {
+            sent += 1;
+            if sent == 3 { Err(std::io::Error::other("no buffer")) } else { Ok(()) }
+        };
+        let r = super::one_by_one(&[0u8; 450], 100, send);
+        assert_eq!(r.map_err(|(left, _)| left), Err(250), "two datagrams left, the third and the rest did not");
+        assert!(super::one_by_one(&[0u8; 450], 100, |_| Ok(())).is_ok());
     }
 }

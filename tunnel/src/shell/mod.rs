@@ -245,14 +245,18 @@ impl Engine {
             let mut sent = s.send(to, d, seg, src, ecn);
             let gone =
                 |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENETUNREACH));
-            if src.is_some() && sent.as_ref().is_err_and(gone) {
-                // The address left the host: forget it and let routing choose.
+            let retry = match &sent {
+                Err((left, e)) if src.is_some() && gone(e) => Some(*left),
+                _ => None,
+            };
+            if let Some(left) = retry {
+                // The address left the host: forget it and let routing choose for what is left.
                 self.sticky.write().unwrap_or_else(|e| e.into_inner()).remove(&to);
-                sent = s.send(to, d, seg, None, ecn);
+                sent = s.send(to, &d[d.len() - left..], seg, None, ecn);
             }
-            if let Err(e) = sent {
+            if let Err((left, e)) = sent {
                 tracing::debug!(%to, error = %e, "send failed");
-                self.lock().dev.unsent(to, d.len());
+                self.lock().dev.unsent(to, left);
             }
         }
         batch.clear();
