@@ -358,6 +358,34 @@ fn ecn_is_copied_to_the_outer_header_and_congestion_marks_come_back_in_as_the_ke
     }
 }
 
+/// As the kernel (HANDSHAKE_DSCP): our initiations and responses leave as AF41 (0x88), data
+/// and keepalives as 0, over IPv4 and IPv6; against wireguard-go, ours initiating and answering.
+#[test]
+fn handshakes_leave_with_the_kernels_dscp_and_data_without() {
+    for outer6 in [false, true] {
+        let p = pair(Impl::Ours, Impl::WireguardGo, outer6);
+        // tcpdump prints an IPv6 traffic class only when it is not 0
+        let field = if outer6 { "class 0x88" } else { "tos 0x88" };
+        let zero = |l: &String| if outer6 { !l.contains("class") } else { l.contains("tos 0x0,") };
+        // the UDP payload's first byte is the message type: 1 initiation, 2 response, 4 data
+        let kind = |t: u8| if outer6 { format!("udp and src port 51001 and ip6[48] == {t}") } else { format!("udp and src port 51001 and udp[8] == {t}") };
+        let ours_first = || assert!(p.lab.ping(&p.ns[0], "192.168.241.2", 1), "tunnel up");
+        let seen = captured(&p.lab, &p.ns[0], &p.veth.0, &kind(1), ours_first);
+        assert!(!seen.is_empty() && seen.iter().all(|l| l.contains(field)), "initiation, outer6 {outer6}: {seen:?}");
+        let seen = captured(&p.lab, &p.ns[0], &p.veth.0, &kind(4), ours_first);
+        assert!(!seen.is_empty() && seen.iter().all(zero), "data, outer6 {outer6}: {seen:?}");
+        // wireguard-go starts over with a new key pair for us: ours answers its initiation
+        let k = genkey();
+        p.lab.wg_set(&p.ns[0], &p.iface[0], Some(&k.private), "");
+        p.lab.wg_set(&p.ns[1], &p.iface[1], None, &format!("peer {} remove", p.keys[0].public));
+        let ep = if outer6 { format!("[fd4d::1]:{}", p.ports[0]) } else { format!("10.77.0.1:{}", p.ports[0]) };
+        p.lab.wg_set(&p.ns[1], &p.iface[1], None, &format!("peer {} allowed-ips 192.168.241.1/32 endpoint {ep}", k.public));
+        let theirs_first = || assert!(p.lab.ping(&p.ns[1], "192.168.241.1", 1), "tunnel up again");
+        let seen = captured(&p.lab, &p.ns[0], &p.veth.0, &kind(2), theirs_first);
+        assert!(!seen.is_empty() && seen.iter().all(|l| l.contains(field)), "response, outer6 {outer6}: {seen:?}");
+    }
+}
+
 #[test]
 fn low_order_public_keys_never_send() {
     let mut lab = Lab::new();

@@ -5,7 +5,7 @@ use super::TUN_OFFSET;
 use crate::crypto::Aead;
 use crate::device::{Output, SealJob};
 use crate::keypair::seal_data;
-use crate::messages::{DATA_HEADER_LEN, DATA_OVERHEAD};
+use crate::messages::{Kind, DATA_HEADER_LEN, DATA_OVERHEAD};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ struct Unsealed {
 }
 
 /// Destination, the source address if the send must leave from one, where it lies, and the
-/// outer ECN field.
+/// outer TOS byte (a data message's ECN field, a handshake's DSCP).
 type Send = (SocketAddr, Option<IpAddr>, Buf, Range<usize>, u8);
 
 #[derive(Default)]
@@ -67,7 +67,9 @@ impl Output for Batch {
     fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
-        self.sends.push((to, None, Buf::Own, start..self.bytes.len(), 0));
+        // As the kernel: initiations and responses go out as AF41 (HANDSHAKE_DSCP), the rest as 0.
+        let handshake = matches!(crate::messages::classify(datagram), Some(Kind::Initiation | Kind::Response));
+        self.sends.push((to, None, Buf::Own, start..self.bytes.len(), if handshake { 0x88 } else { 0 }));
     }
     fn reply(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.send(to, datagram);

@@ -30,6 +30,10 @@ impl Socket4or6 {
     /// from local address `src` when given (IP_PKTINFO), with outer ECN field `ecn`. An error
     /// comes with the bytes that did not leave: all of a GSO send, the rest of one by one.
     pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>, ecn: u8) -> Result<(), (usize, io::Error)> {
+        // A DSCP (a handshake's) needs the whole TOS byte, which quinn-udp does not set.
+        if ecn & !3 != 0 {
+            return one_by_one(bytes, segment, |d| send_tos(&self.socket, to, d, src_ip, ecn));
+        }
         let ecn = quinn_udp::EcnCodepoint::from_bits(ecn);
         let send = |contents: &[u8], segment_size| {
             let t = Transmit { destination: to, ecn, contents, segment_size, src_ip };
@@ -49,6 +53,51 @@ impl Socket4or6 {
     pub fn max_gso_segments(&self) -> usize {
         self.gso.load(Ordering::Relaxed)
     }
+}
+
+/// One datagram with a whole TOS byte: sendmsg with IP_TOS or IPV6_TCLASS, and the source as
+/// IP_PKTINFO or IPV6_PKTINFO when given, as quinn-udp sets it.
+fn send_tos(s: &UdpSocket, to: SocketAddr, d: &[u8], src: Option<IpAddr>, tos: u8) -> io::Result<()> {
+    let addr = socket2::SockAddr::from(to);
+    let mut iov = libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() };
+    let mut control = [0u64; 12];
+    // SAFETY: msghdr is plain data, all zero when empty.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    (msg.msg_name, msg.msg_namelen) = (addr.as_ptr() as *mut libc::c_void, addr.len());
+    (msg.msg_iov, msg.msg_iovlen) = (&mut iov, 1);
+    (msg.msg_control, msg.msg_controllen) = (control.as_mut_ptr().cast(), size_of_val(&control));
+    let (level, tos_type) = if to.is_ipv4() { (libc::IPPROTO_IP, libc::IP_TOS) } else { (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) };
+    // SAFETY: both headers and their data fit in `control` (96 bytes: 16 + 4, then 16 + 20 at most),
+    // whose size msg_controllen gives while they are written; the kernel reads it during the call.
+    unsafe {
+        let put = |c: *mut libc::cmsghdr, level, kind, len: usize| {
+            ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) = (level, kind, libc::CMSG_LEN(len as u32) as usize);
+            libc::CMSG_SPACE(len as u32) as usize
+        };
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        let mut len = put(c, level, tos_type, 4);
+        libc::CMSG_DATA(c).cast::<i32>().write_unaligned(i32::from(tos));
+        let c = libc::CMSG_NXTHDR(&msg, c);
+        match src {
+            Some(IpAddr::V4(a)) if to.is_ipv4() => {
+                len += put(c, libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>());
+                let a = libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) };
+                let info = libc::in_pktinfo { ipi_ifindex: 0, ipi_spec_dst: a, ipi_addr: libc::in_addr { s_addr: 0 } };
+                libc::CMSG_DATA(c).cast::<libc::in_pktinfo>().write_unaligned(info);
+            }
+            Some(IpAddr::V6(a)) if to.is_ipv6() => {
+                len += put(c, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>());
+                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
+                libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>().write_unaligned(info);
+            }
+            _ => {}
+        }
+        msg.msg_controllen = len;
+        if libc::sendmsg(s.as_raw_fd(), &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Sends each `segment` bytes of `bytes` in turn; on an error, the bytes from there on.
