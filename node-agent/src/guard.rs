@@ -263,15 +263,14 @@ impl Guard {
         let writer = child.stdin.take().map(|mut pipe| {
             std::thread::spawn(move || script.map_or(Ok(()), |t| pipe.write_all(t.as_bytes())))
         });
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
             std::thread::spawn(move || {
                 let mut v = Vec::new();
                 pipe.map(|mut p| p.read_to_end(&mut v));
                 v
             })
-        };
-        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        }
+        let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
         // a hung nft must not hold up the agent's loop (routes, rule, readiness)
         let deadline = Instant::now() + NFT_TIMEOUT;
         let status = loop {

@@ -65,9 +65,10 @@ pub fn decap_ecn(p: &mut [u8], outer: u8) {
 
 /// The ICMP error the kernel's `wg_xmit` sends when no peer takes a packet (host unreachable;
 /// for IPv6 address unreachable), written into `buf`; its length and the sender it goes to: the
-/// sender learns at once instead of timing out. None where RFC 1122 §3.2.2 and RFC 4443 §2.4 (and the kernel) send none: about
-/// an ICMP error, a later IPv4 fragment, or from or to no single host. It comes from the
-/// unreachable address, as one of the host's own would be a martian on the TUN.
+/// sender learns at once instead of timing out. None where RFC 1122 §3.2.2 and RFC 4443 §2.4
+/// (and the kernel) send none: about an ICMP error, a later IPv4 fragment, or from or to no
+/// single host. It comes from the unreachable address, as one of the host's own would be a
+/// martian on the TUN.
 pub fn unreachable(p: &[u8], buf: &mut [u8; 1280]) -> Option<(usize, IpAddr)> {
     let (src, len) = source_and_len(p)?;
     let (p, dst) = (&p[..len], destination(p)?);

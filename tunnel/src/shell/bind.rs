@@ -27,14 +27,14 @@ impl Socket4or6 {
         self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
     }
     /// Sends `bytes` as datagrams of `segment` bytes each (one GSO send when there are several),
-    /// from local address `src` when given (IP_PKTINFO), with outer ECN field `ecn`. An error
+    /// from local address `src` when given (IP_PKTINFO), with outer TOS byte `tos`. An error
     /// comes with the bytes that did not leave: all of a GSO send, the rest of one by one.
-    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>, ecn: u8) -> Result<(), (usize, io::Error)> {
-        // A DSCP (a handshake's) needs the whole TOS byte, which quinn-udp does not set.
-        if ecn & !3 != 0 {
-            return one_by_one(bytes, segment, |d| send_tos(&self.socket, to, d, src_ip, ecn));
+    pub fn send(&self, to: SocketAddr, bytes: &[u8], segment: usize, src_ip: Option<IpAddr>, tos: u8) -> Result<(), (usize, io::Error)> {
+        // A DSCP (a handshake's) needs the whole TOS byte; quinn-udp sets only the ECN field.
+        if tos & !3 != 0 {
+            return one_by_one(bytes, segment, |d| send_tos(&self.socket, to, d, src_ip, tos));
         }
-        let ecn = quinn_udp::EcnCodepoint::from_bits(ecn);
+        let ecn = quinn_udp::EcnCodepoint::from_bits(tos);
         let send = |contents: &[u8], segment_size| {
             let t = Transmit { destination: to, ecn, contents, segment_size, src_ip };
             self.state.try_send(UdpSockRef::from(&self.socket), &t)
@@ -67,8 +67,8 @@ fn send_tos(s: &UdpSocket, to: SocketAddr, d: &[u8], src: Option<IpAddr>, tos: u
     (msg.msg_iov, msg.msg_iovlen) = (&mut iov, 1);
     (msg.msg_control, msg.msg_controllen) = (control.as_mut_ptr().cast(), size_of_val(&control));
     let (level, tos_type) = if to.is_ipv4() { (libc::IPPROTO_IP, libc::IP_TOS) } else { (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) };
-    // SAFETY: both headers and their data fit in `control` (96 bytes: 16 + 4, then 16 + 20 at most),
-    // whose size msg_controllen gives while they are written; the kernel reads it during the call.
+    // SAFETY: both headers and their data fit in `control` (CMSG_SPACE 24, then at most 40, of
+    // 96 bytes), whose size msg_controllen gives while they are written; the kernel reads it in the call.
     unsafe {
         let put = |c: *mut libc::cmsghdr, level, kind, len: usize| {
             ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) = (level, kind, libc::CMSG_LEN(len as u32) as usize);
